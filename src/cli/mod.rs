@@ -1,0 +1,64 @@
+//! Command-line structure (clap derive) and dispatch to the subcommands.
+
+mod data;
+mod figures;
+mod progress;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "diffuse", version, about = "Train, sample, evaluate and serve small diffusion and flow models on MNIST")]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Get and verify the MNIST files.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Regenerate a run's figures from its checkpoints.
+    Figures(figures::FiguresArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Data(cmd) => data::run(cmd),
+        Command::Train(cmd) => train::run(cmd),
+        Command::Figures(args) => figures::run(args),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level that `-v` picks.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info,diffuse=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// The error chain on one line, outermost context first, without repeating causes that are already included.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.lines().next().unwrap_or("").trim().to_string();
+        if parts.last().is_some_and(|last| last.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,279 @@
+//! `diffuse train denoiser|ddpm|cfg`: flags -> validated [`TrainConfig`] -> the epoch loop with checkpoints and
+//! figures.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use diffuse::data::{self, dataset::Dataset, Split};
+use diffuse::device::{self, DeviceChoice};
+use diffuse::model::UNetConfig;
+use diffuse::optim::AdamConfig;
+use diffuse::precision::Precision;
+use diffuse::run_figures;
+use diffuse::schedule::ScheduleConfig;
+use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
+
+use super::progress::Bars;
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Part 1: one-step denoiser (unconditional UNet, z = x + sigma eps -> x). Defaults: D=128, sigma 0.5,
+    /// batch 256, 5 epochs, Adam 1e-4.
+    #[command(allow_negative_numbers = true)]
+    Denoiser {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Noise level of the training inputs [default: 0.5].
+        #[arg(long)]
+        sigma: Option<f64>,
+    },
+    /// Part 2: time-conditioned DDPM (T=300). Defaults: D=64, batch 128, 20 epochs, Adam 1e-3 decaying to a tenth.
+    #[command(allow_negative_numbers = true)]
+    Ddpm {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        schedule: ScheduleArgs,
+    },
+    /// Part 3: class-conditioned DDPM for classifier-free guidance (class dropped with probability p_uncond).
+    #[command(allow_negative_numbers = true)]
+    Cfg {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        schedule: ScheduleArgs,
+        /// Probability of training a sample without its class [default: 0.1].
+        #[arg(long)]
+        p_uncond: Option<f64>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Run folder to create (checkpoints, losses.csv, config.json, figures/) [default: runs/<kind>].
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its newest complete checkpoint (its config comes from the checkpoint).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Hidden width D of the UNet.
+    #[arg(long)]
+    pub hidden: Option<i64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate as a fraction of --lr (exponential decay stepped per epoch; 1 = constant).
+    #[arg(long)]
+    pub lr_final_ratio: Option<f64>,
+    /// Train on the first N training images only.
+    #[arg(long, value_name = "N")]
+    pub subset: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<Dataset>,
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Data folder [default: $MNIST_DIR, else ./data/mnist].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// libtorch threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Skip drawing figures after epochs.
+    #[arg(long)]
+    pub no_figures: bool,
+    /// Fault injection for tests: make the loss NaN at this global step.
+    #[arg(long, hide = true)]
+    pub inject_nan_at_step: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    /// Diffusion steps T [default: 300].
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    #[arg(long)]
+    pub beta_start: Option<f64>,
+    #[arg(long)]
+    pub beta_end: Option<f64>,
+}
+
+impl ScheduleArgs {
+    fn config(&self) -> ScheduleConfig {
+        let d = ScheduleConfig::default();
+        ScheduleConfig {
+            timesteps: self.timesteps.unwrap_or(d.timesteps),
+            beta_start: self.beta_start.unwrap_or(d.beta_start),
+            beta_end: self.beta_end.unwrap_or(d.beta_end),
+        }
+    }
+
+    fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        self.timesteps.is_some().then(|| given.push("--timesteps"));
+        self.beta_start.is_some().then(|| given.push("--beta-start"));
+        self.beta_end.is_some().then(|| given.push("--beta-end"));
+        given
+    }
+}
+
+/// Per-kind defaults from SPEC.md.
+struct Defaults {
+    hidden: i64,
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    lr_final_ratio: f64,
+    time: bool,
+    class: bool,
+}
+
+impl CommonArgs {
+    fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let flags: [(&'static str, bool); 9] = [
+            ("--epochs", self.epochs.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--hidden", self.hidden.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--lr-final-ratio", self.lr_final_ratio.is_some()),
+            ("--subset", self.subset.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--dataset", self.dataset.is_some()),
+            ("--precision", self.precision.is_some()),
+        ];
+        for (flag, set) in flags {
+            if set {
+                given.push(flag);
+            }
+        }
+        given
+    }
+
+    fn config(&self, objective: Objective, d: Defaults) -> TrainConfig {
+        TrainConfig {
+            objective,
+            model: UNetConfig::new(self.hidden.unwrap_or(d.hidden), d.time, d.class),
+            dataset: self.dataset.unwrap_or_default(),
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            lr: self.lr.unwrap_or(d.lr),
+            lr_final_ratio: self.lr_final_ratio.unwrap_or(d.lr_final_ratio),
+            adam: AdamConfig::default(),
+            subset: self.subset,
+            seed: self.seed.unwrap_or(0),
+            precision: self.precision.unwrap_or_default(),
+        }
+    }
+}
+
+pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
+    let diffusion = |time, class| Defaults {
+        hidden: 64,
+        epochs: 20,
+        batch_size: 128,
+        lr: 1e-3,
+        lr_final_ratio: 0.1,
+        time,
+        class,
+    };
+    let (common, config, extra_given) = match cmd {
+        TrainCommand::Denoiser { common, sigma } => {
+            let d = Defaults {
+                hidden: 128,
+                epochs: 5,
+                batch_size: 256,
+                lr: 1e-4,
+                lr_final_ratio: 1.0,
+                time: false,
+                class: false,
+            };
+            let config = common.config(Objective::Denoiser { sigma: sigma.unwrap_or(0.5) }, d);
+            let given = if sigma.is_some() { vec!["--sigma"] } else { vec![] };
+            (common, config, given)
+        }
+        TrainCommand::Ddpm { common, schedule } => {
+            let config = common.config(Objective::Ddpm { schedule: schedule.config() }, diffusion(true, false));
+            (common, config, schedule.given())
+        }
+        TrainCommand::Cfg { common, schedule, p_uncond } => {
+            let objective = Objective::Cfg { schedule: schedule.config(), p_uncond: p_uncond.unwrap_or(0.1) };
+            let mut given = schedule.given();
+            if p_uncond.is_some() {
+                given.push("--p-uncond");
+            }
+            let config = common.config(objective, diffusion(true, true));
+            (common, config, given)
+        }
+    };
+    train(common, config, extra_given)
+}
+
+fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>) -> anyhow::Result<()> {
+    device::set_threads(common.threads);
+    let device = common.device.resolve()?;
+    let kind = config.objective.name();
+    let mut trainer = if let Some(run_dir) = &common.resume {
+        let mut given = common.given();
+        given.extend(extra_given);
+        if !given.is_empty() {
+            bail!(
+                "--resume takes the run's configuration from its checkpoint; drop {} (only --threads, --device and --data-dir may change)",
+                given.join(", ")
+            );
+        }
+        let trainer = Trainer::resume(run_dir, kind, device)
+            .with_context(|| format!("cannot resume {}", run_dir.display()))?;
+        if trainer.is_finished() {
+            eprintln!("{} is already complete ({} epochs); nothing to train", run_dir.display(), trainer.epoch);
+            return Ok(());
+        }
+        eprintln!("resuming {} after epoch {}", run_dir.display(), trainer.epoch);
+        trainer
+    } else {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
+        Trainer::create(config, &run_dir, device)?
+    };
+    trainer.inject_nan_at_step = common.inject_nan_at_step;
+
+    let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
+    let train_digits = load_split(&data_dir, Split::Train)?;
+    let test_digits = load_split(&data_dir, Split::Test)?;
+    let data = TrainData::new(&train_digits, device);
+    eprintln!(
+        "training {kind} ({} parameters) on {} images from {} on {}, run folder {}",
+        trainer.model.parameter_count(),
+        trainer.config.subset.map_or(data.len(), |s| s.min(data.len())),
+        data_dir.display(),
+        device::describe(device),
+        trainer.run_dir.display()
+    );
+    let figures = (!common.no_figures).then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
+    if let (Some(figures), 0) = (&figures, trainer.epoch) {
+        figures.before_training().context("cannot draw figures")?;
+    }
+    let mut bars = Bars::new();
+    while !trainer.is_finished() {
+        trainer.train_epoch(&data, &mut bars)?;
+        let dir = trainer.save_checkpoint()?;
+        tracing::info!(checkpoint = %dir.display(), "saved");
+        if let Some(figures) = &figures {
+            figures.after_epoch(&trainer.model, trainer.epoch, &trainer.losses).context("cannot draw figures")?;
+        }
+    }
+    eprintln!("done: {}", trainer.run_dir.display());
+    Ok(())
+}
+
+fn load_split(dir: &Path, split: Split) -> anyhow::Result<data::Digits> {
+    Ok(data::load(dir, split)?)
+}

@@ -1,0 +1,53 @@
+//! Where tensors live: CPU by default, an NVIDIA GPU automatically when libtorch sees one.
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+use thiserror::Error;
+
+/// The `--device` flag.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("--device cuda: no CUDA device is visible to libtorch (is this an NVIDIA machine with its driver, and is libtorch_cuda on the library path?)")]
+    NoCuda,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device, DeviceError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(DeviceError::NoCuda),
+        }
+    }
+}
+
+/// Sets libtorch's intra-op thread count; `None` keeps libtorch's choice (one per core).
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        tch::set_num_threads(n.max(1) as i32);
+    }
+}
+
+/// The thread count libtorch will use.
+pub fn threads() -> usize {
+    tch::get_num_threads().max(1) as usize
+}
+
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}

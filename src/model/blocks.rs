@@ -1,0 +1,152 @@
+//! The building blocks of SPEC.md's UNet, each with the shapes it maps between.
+//!
+//! Every convolution is followed by BatchNorm2d and GELU, except the UNet's last one. BatchNorm weights start at
+//! one (PyTorch's default; tch's own default is uniform in [0, 1]), so the network starts where PyTorch's does.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
+    let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    nn::batch_norm2d(path, channels, config)
+}
+
+/// How a [`ConvNormAct`] resamples: same size, halve (stride-2 conv), double (4x4 transposed conv, stride 2) or
+/// 1x1 -> 7x7 (the UNet's Unflatten).
+#[derive(Clone, Copy, Debug)]
+pub enum Resample {
+    Same,
+    Down,
+    Up,
+    Unflatten,
+}
+
+/// conv (or transposed conv), BatchNorm2d, GELU.
+#[derive(Debug)]
+pub struct ConvNormAct {
+    conv: ConvKind,
+    norm: nn::BatchNorm,
+}
+
+#[derive(Debug)]
+enum ConvKind {
+    Conv(nn::Conv2D),
+    Transposed(nn::ConvTranspose2D),
+}
+
+impl ConvNormAct {
+    pub fn new(path: nn::Path, c_in: i64, c_out: i64, resample: Resample) -> Self {
+        let conv = match resample {
+            Resample::Same => ConvKind::Conv(nn::conv2d(
+                &path / "conv",
+                c_in,
+                c_out,
+                3,
+                nn::ConvConfig { padding: 1, ..Default::default() },
+            )),
+            Resample::Down => ConvKind::Conv(nn::conv2d(
+                &path / "conv",
+                c_in,
+                c_out,
+                3,
+                nn::ConvConfig { stride: 2, padding: 1, ..Default::default() },
+            )),
+            Resample::Up => ConvKind::Transposed(nn::conv_transpose2d(
+                &path / "conv",
+                c_in,
+                c_out,
+                4,
+                nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() },
+            )),
+            Resample::Unflatten => ConvKind::Transposed(nn::conv_transpose2d(
+                &path / "conv",
+                c_in,
+                c_out,
+                7,
+                nn::ConvTransposeConfig { stride: 7, ..Default::default() },
+            )),
+        };
+        Self { conv, norm: batch_norm(&path / "norm", c_out) }
+    }
+
+    /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
+    /// Unflatten: [N, i, 1, 1] -> [N, o, 7, 7].
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = match &self.conv {
+            ConvKind::Conv(c) => x.apply(c),
+            ConvKind::Transposed(c) => x.apply(c),
+        };
+        self.norm.forward_t(&y, train).gelu("none")
+    }
+}
+
+/// ConvBlock(i, o) = Conv(i, o), Conv(o, o): [N, i, H, W] -> [N, o, H, W].
+#[derive(Debug)]
+pub struct ConvBlock {
+    first: ConvNormAct,
+    second: ConvNormAct,
+}
+
+impl ConvBlock {
+    pub fn new(path: nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self {
+            first: ConvNormAct::new(&path / "0", c_in, c_out, Resample::Same),
+            second: ConvNormAct::new(&path / "1", c_out, c_out, Resample::Same),
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.second.forward_t(&self.first.forward_t(x, train), train)
+    }
+}
+
+/// DownBlock(i, o) = DownConv(i, o), ConvBlock(o, o), and UpBlock(i, o) = UpConv(i, o), ConvBlock(o, o):
+/// [N, i, H, W] -> [N, o, H/2, W/2] or [N, o, 2H, 2W].
+#[derive(Debug)]
+pub struct ResampleBlock {
+    resample: ConvNormAct,
+    block: ConvBlock,
+}
+
+impl ResampleBlock {
+    pub fn down(path: nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self::new(path, c_in, c_out, Resample::Down)
+    }
+
+    pub fn up(path: nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self::new(path, c_in, c_out, Resample::Up)
+    }
+
+    fn new(path: nn::Path, c_in: i64, c_out: i64, resample: Resample) -> Self {
+        Self {
+            resample: ConvNormAct::new(&path / "resample", c_in, c_out, resample),
+            block: ConvBlock::new(&path / "block", c_out, c_out),
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.block.forward_t(&self.resample.forward_t(x, train), train)
+    }
+}
+
+/// FCBlock(i, o) = Linear(i, o), GELU, Linear(o, o): [N, i] -> [N, o, 1, 1], ready to broadcast over H and W.
+#[derive(Debug)]
+pub struct FcBlock {
+    first: nn::Linear,
+    second: nn::Linear,
+}
+
+impl FcBlock {
+    pub fn new(path: nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self {
+            first: nn::linear(&path / "0", c_in, c_out, Default::default()),
+            second: nn::linear(&path / "1", c_out, c_out, Default::default()),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.apply(&self.first).gelu("none").apply(&self.second); // [N, o]
+        let n = y.size()[0];
+        y.view([n, -1, 1, 1])
+    }
+}

@@ -1,0 +1,166 @@
+//! The denoising networks. A model maps (x_t, t, class) to a prediction and knows nothing of noise schedules.
+//!
+//! [`UNetConfig`] is the serialisable description saved beside every checkpoint; [`Model`] is built from it and owns
+//! its weights (a tch `VarStore`), so that a resumed run rebuilds exactly the network it saved.
+
+pub mod blocks;
+pub mod unet;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use crate::tensor_io::{self, TensorFileError};
+use unet::BasicUNet;
+
+/// Which network family.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// SPEC.md's UNet (BatchNorm, GELU, an FCBlock per conditioning input).
+    Basic,
+}
+
+/// Hyperparameters that define a network; saved with every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UNetConfig {
+    pub arch: Arch,
+    /// D, the hidden width.
+    pub hidden: i64,
+    pub time_cond: bool,
+    pub class_cond: bool,
+    pub num_classes: i64,
+}
+
+impl UNetConfig {
+    pub fn new(hidden: i64, time_cond: bool, class_cond: bool) -> Self {
+        Self { arch: Arch::Basic, hidden, time_cond, class_cond, num_classes: 10 }
+    }
+}
+
+/// A network and its weights.
+#[derive(Debug)]
+pub struct Model {
+    pub config: UNetConfig,
+    vs: nn::VarStore,
+    net: BasicUNet,
+}
+
+impl Model {
+    /// A freshly initialised network; initialisation draws from libtorch's global generator, so seed it first
+    /// (`tch::manual_seed`) for a reproducible start.
+    pub fn new(config: &UNetConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = BasicUNet::new(&vs.root(), config);
+        Self { config: config.clone(), vs, net }
+    }
+
+    /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
+    /// Inputs the config does not use are ignored.
+    pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
+        self.net.forward_t(x, t, class, train)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Every variable (weights and BatchNorm running statistics), by name, in name order.
+    pub fn named_variables(&self) -> BTreeMap<String, Tensor> {
+        self.vs.variables().into_iter().collect()
+    }
+
+    /// The trainable parameters, by name, in name order.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    pub fn parameter_count(&self) -> i64 {
+        self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
+        tensor_io::write(path, &self.named_variables())
+    }
+
+    /// Loads weights saved by [`Model::save`], refusing files with missing, extra or misshapen tensors.
+    pub fn load(&mut self, path: &Path) -> Result<(), TensorFileError> {
+        tensor_io::load_into(path, &self.named_variables())
+    }
+
+    /// Sets every parameter's gradient to zero (or drops it).
+    pub fn zero_grad(&mut self) {
+        for (_, mut p) in self.named_parameters() {
+            p.zero_grad();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trainable parameters of the spec's UNet, from an independent PyTorch build (SPEC.md's table).
+    #[test]
+    fn parameter_counts_match_the_independent_pytorch_count() {
+        for (hidden, time, class, expected) in [
+            (64, false, false, 1_975_361),
+            (64, true, false, 1_996_417),
+            (64, true, true, 2_019_201),
+            (128, false, false, 7_891_073),
+            (128, true, false, 7_974_145),
+            (128, true, true, 8_060_673),
+        ] {
+            let model = Model::new(&UNetConfig::new(hidden, time, class), Device::Cpu);
+            assert_eq!(model.parameter_count(), expected, "D={hidden} time={time} class={class}");
+        }
+    }
+
+    /// The unconditional count by hand, D=128: conv(i,o,k) has i*o*k*k+o, BatchNorm(o) 2o, Linear(i,o) i*o+o.
+    #[test]
+    fn unconditional_count_by_hand() {
+        let d: i64 = 128;
+        let conv = |i: i64, o: i64, k: i64| i * o * k * k + o;
+        let cba = |i, o, k| conv(i, o, k) + 2 * o; // conv + BatchNorm
+        let conv_block = |i, o| cba(i, o, 3) + cba(o, o, 3);
+        let expected = conv_block(1, d) // input
+            + cba(d, d, 3) + conv_block(d, d) // down1
+            + cba(d, 2 * d, 3) + conv_block(2 * d, 2 * d) // down2
+            + cba(2 * d, 2 * d, 7) // unflatten
+            + cba(4 * d, d, 4) + conv_block(d, d) // up1
+            + cba(2 * d, d, 4) + conv_block(d, d) // up2
+            + conv_block(2 * d, d) // output
+            + conv(d, 1, 3); // last
+        let model = Model::new(&UNetConfig::new(d, false, false), Device::Cpu);
+        assert_eq!(model.parameter_count(), expected);
+    }
+
+    #[test]
+    fn output_shape_matches_input_for_every_conditioning() {
+        let x = Tensor::randn([3, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.1f32, 0.5, 0.9]);
+        let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 3);
+        for (time, class) in [(false, false), (true, false), (true, true)] {
+            let model = Model::new(&UNetConfig::new(8, time, class), Device::Cpu);
+            let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), true);
+            assert_eq!(y.size(), vec![3, 1, 28, 28]);
+            let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), false);
+            assert_eq!(y.size(), vec![3, 1, 28, 28]);
+        }
+    }
+
+    #[test]
+    fn conditioning_changes_the_output() {
+        tch::manual_seed(0);
+        let model = Model::new(&UNetConfig::new(8, true, true), Device::Cpu);
+        let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 2);
+        let a = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c), false);
+        let b = model.forward_t(&x, Some(&Tensor::from_slice(&[0.9f32, 0.9])), Some(&c), false);
+        let u = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c.zeros_like()), false);
+        assert!(f64::try_from((&a - &b).abs().max()).unwrap_or(0.0) > 1e-6);
+        assert!(f64::try_from((&a - &u).abs().max()).unwrap_or(0.0) > 1e-6);
+    }
+}

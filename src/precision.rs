@@ -1,0 +1,71 @@
+//! Mixed precision: bf16 autocast with fp32 master weights, on CPU (AMX) and CUDA.
+//!
+//! tch 0.24 only exposes CUDA fp16 autocast, so a small C++ shim (`csrc/autocast_shim.cpp`) switches libtorch's
+//! autocast on for the device type and dtype we want. Weights and optimizer state stay fp32; convolutions and
+//! matrix products run in bf16 inside [`autocast`].
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+/// The `--precision` flag.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bf16 autocast compute, fp32 weights and optimizer state.
+    Bf16,
+}
+
+extern "C" {
+    fn diffuse_autocast_set(cuda: i32, enabled: i32, bf16: i32);
+    fn diffuse_autocast_is_enabled(cuda: i32) -> i32;
+}
+
+/// Runs `f` with autocast on for `device` when `precision` asks for it; restores the previous state afterwards
+/// (also when `f` panics), dropping autocast's weight cache, which goes stale once an optimizer updates weights.
+pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
+    if precision == Precision::Fp32 {
+        return f();
+    }
+    let cuda = i32::from(device.is_cuda());
+    struct Guard(i32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            // SAFETY: the shim only flips libtorch's thread-local autocast flags.
+            unsafe { diffuse_autocast_set(self.0, 0, 1) }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { diffuse_autocast_set(cuda, 1, 1) };
+    let _guard = Guard(cuda);
+    f()
+}
+
+/// Whether autocast is currently on for `device` (for tests and diagnostics).
+pub fn autocast_enabled(device: Device) -> bool {
+    // SAFETY: reads a thread-local flag.
+    unsafe { diffuse_autocast_is_enabled(i32::from(device.is_cuda())) != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn bf16_autocast_runs_convolutions_in_bf16_and_switches_off_after() {
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = autocast(Precision::Bf16, Device::Cpu, || {
+            assert!(autocast_enabled(Device::Cpu));
+            x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+        });
+        assert_eq!(y.kind(), Kind::BFloat16);
+        assert!(!autocast_enabled(Device::Cpu));
+        y.to_kind(Kind::Float).sum(Kind::Float).backward();
+        assert_eq!(w.grad().kind(), Kind::Float);
+        let z = autocast(Precision::Fp32, Device::Cpu, || x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1));
+        assert_eq!(z.kind(), Kind::Float);
+    }
+}

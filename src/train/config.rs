@@ -1,0 +1,119 @@
+//! What a training run is: the serialisable, validated configuration saved beside every checkpoint.
+//!
+//! A resumed run rebuilds everything from this (nanoGPT's rule), never from the command line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::dataset::Dataset;
+use crate::model::UNetConfig;
+use crate::optim::AdamConfig;
+use crate::precision::Precision;
+use crate::schedule::ScheduleConfig;
+
+/// What the network learns to predict, and from what.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Objective {
+    /// Part 1: z = x + sigma eps -> x, with L2 loss.
+    Denoiser { sigma: f64 },
+    /// Part 2: x_t -> eps, time-conditioned.
+    Ddpm { schedule: ScheduleConfig },
+    /// Part 3: x_t, class -> eps, with the class dropped (zeros) with probability `p_uncond`.
+    Cfg { schedule: ScheduleConfig, p_uncond: f64 },
+}
+
+impl Objective {
+    /// The name used on the command line and in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Denoiser { .. } => "denoiser",
+            Objective::Ddpm { .. } => "ddpm",
+            Objective::Cfg { .. } => "cfg",
+        }
+    }
+
+    pub fn schedule(&self) -> Option<&ScheduleConfig> {
+        match self {
+            Objective::Denoiser { .. } => None,
+            Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => Some(schedule),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub model: UNetConfig,
+    pub dataset: Dataset,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Learning rate of the first epoch.
+    pub lr: f64,
+    /// The learning rate decays exponentially, once per epoch, to `lr * lr_final_ratio` in the last epoch's
+    /// successor: gamma = lr_final_ratio^(1/epochs). 1 means constant.
+    pub lr_final_ratio: f64,
+    pub adam: AdamConfig,
+    /// Train on the first N training images only.
+    pub subset: Option<usize>,
+    pub seed: u64,
+    pub precision: Precision,
+}
+
+impl TrainConfig {
+    /// The per-epoch decay factor gamma.
+    pub fn lr_gamma(&self) -> f64 {
+        self.lr_final_ratio.powf(1.0 / self.epochs as f64)
+    }
+
+    /// Learning rate used during epoch `epoch` (0-based): lr * gamma^epoch.
+    pub fn lr_at_epoch(&self, epoch: usize) -> f64 {
+        self.lr * self.lr_gamma().powi(epoch as i32)
+    }
+
+    /// Checks every value once, before any tensor exists.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be a positive number, got {v}"))
+            }
+        };
+        if self.epochs == 0 {
+            return Err("--epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return Err(format!("--batch-size must be at least 2 (BatchNorm needs 2 images), got {}", self.batch_size));
+        }
+        if self.model.hidden < 1 || self.model.hidden > 1024 {
+            return Err(format!("--hidden must be between 1 and 1024, got {}", self.model.hidden));
+        }
+        positive("lr", self.lr)?;
+        positive("lr-final-ratio", self.lr_final_ratio)?;
+        if self.subset == Some(0) {
+            return Err("--subset must be at least 1".into());
+        }
+        match &self.objective {
+            Objective::Denoiser { sigma } => {
+                if !(sigma.is_finite() && *sigma >= 0.0) {
+                    return Err(format!("--sigma must be a non-negative number, got {sigma}"));
+                }
+            }
+            Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => {
+                if schedule.timesteps < 2 || schedule.timesteps > 10_000 {
+                    return Err(format!("--timesteps must be between 2 and 10000, got {}", schedule.timesteps));
+                }
+                let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+                if !ok(schedule.beta_start) || !ok(schedule.beta_end) || schedule.beta_start > schedule.beta_end {
+                    return Err("betas must satisfy 0 < beta_start <= beta_end < 1".into());
+                }
+            }
+        }
+        if let Objective::Cfg { p_uncond, .. } = self.objective {
+            if !(0.0..=1.0).contains(&p_uncond) {
+                return Err(format!("--p-uncond must be in [0, 1], got {p_uncond}"));
+            }
+        }
+        Ok(())
+    }
+}
