@@ -9,7 +9,8 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast_shim.cpp");
     let lib_dir = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch folder"),
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report the libtorch folder"),
     );
     if lib_dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -18,7 +19,10 @@ fn main() {
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
 
-    let include = lib_dir.parent().expect("libtorch lib folder has a parent").join("include");
+    let include = lib_dir
+        .parent()
+        .expect("libtorch lib folder has a parent")
+        .join("include");
     cc::Build::new()
         .cpp(true)
         .pic(true)

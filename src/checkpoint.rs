@@ -30,7 +30,11 @@ pub enum CheckpointError {
     #[error("{0}: no checkpoint found (expected checkpoints/epoch-NNN/ inside it)")]
     NoCheckpoint(PathBuf),
     #[error("{path}: checkpoint for epoch {epoch} not found (available: {available})")]
-    NoSuchEpoch { path: PathBuf, epoch: usize, available: String },
+    NoSuchEpoch {
+        path: PathBuf,
+        epoch: usize,
+        available: String,
+    },
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
@@ -55,7 +59,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointError> {
             let name = entry.file_name().into_string().ok()?;
             let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
             let path = entry.path();
-            FILES.iter().all(|f| path.join(f).is_file()).then_some((epoch, path))
+            FILES
+                .iter()
+                .all(|f| path.join(f).is_file())
+                .then_some((epoch, path))
         })
         .collect();
     found.sort();
@@ -64,21 +71,32 @@ pub fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointError> {
 
 /// The newest complete checkpoint.
 pub fn latest(run_dir: &Path) -> Result<(usize, PathBuf), CheckpointError> {
-    list(run_dir)?.pop().ok_or_else(|| CheckpointError::NoCheckpoint(run_dir.to_path_buf()))
+    list(run_dir)?
+        .pop()
+        .ok_or_else(|| CheckpointError::NoCheckpoint(run_dir.to_path_buf()))
 }
 
 /// The checkpoint of `epoch`, or the newest when `None`.
 pub fn find(run_dir: &Path, epoch: Option<usize>) -> Result<(usize, PathBuf), CheckpointError> {
-    let Some(epoch) = epoch else { return latest(run_dir) };
+    let Some(epoch) = epoch else {
+        return latest(run_dir);
+    };
     let all = list(run_dir)?;
     if all.is_empty() {
         return Err(CheckpointError::NoCheckpoint(run_dir.to_path_buf()));
     }
-    all.iter().find(|(e, _)| *e == epoch).cloned().ok_or_else(|| CheckpointError::NoSuchEpoch {
-        path: run_dir.to_path_buf(),
-        epoch,
-        available: all.iter().map(|(e, _)| e.to_string()).collect::<Vec<_>>().join(", "),
-    })
+    all.iter()
+        .find(|(e, _)| *e == epoch)
+        .cloned()
+        .ok_or_else(|| CheckpointError::NoSuchEpoch {
+            path: run_dir.to_path_buf(),
+            epoch,
+            available: all
+                .iter()
+                .map(|(e, _)| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Writes the checkpoint of `epoch`: `fill` writes the files into a fresh hidden folder, which is then committed
@@ -101,7 +119,9 @@ pub fn write<E>(
     let committed = fill(&partial).map_err(WriteError::Fill).and_then(|()| {
         for file in FILES {
             let path = partial.join(file);
-            fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&path))?;
         }
         sync_dir(&partial).map_err(io(&partial))?;
         if final_dir.exists() {
@@ -127,7 +147,9 @@ pub enum WriteError<E> {
 }
 
 fn remove_partials(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.filter_map(Result::ok) {
         if entry.file_name().to_string_lossy().ends_with(".partial") {
             let _ = fs::remove_dir_all(entry.path());
@@ -155,7 +177,10 @@ mod tests {
         assert_eq!(all.iter().map(|(e, _)| *e).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(latest(run.path()).expect("latest").0, 2);
         assert_eq!(find(run.path(), Some(1)).expect("find").0, 1);
-        assert!(find(run.path(), Some(3)).expect_err("no 3").to_string().contains("available: 1, 2"));
+        assert!(find(run.path(), Some(3))
+            .expect_err("no 3")
+            .to_string()
+            .contains("available: 1, 2"));
     }
 
     #[test]
@@ -183,6 +208,9 @@ mod tests {
         fs::write(fake.join(MODEL_FILE), b"x").expect("write");
         fs::create_dir_all(checkpoints_dir(run.path()).join(".epoch-003.partial")).expect("mkdir");
         assert_eq!(latest(run.path()).expect("latest").0, 1);
-        assert!(matches!(latest(&run.path().join("nothing")), Err(CheckpointError::NoCheckpoint(_))));
+        assert!(matches!(
+            latest(&run.path().join("nothing")),
+            Err(CheckpointError::NoCheckpoint(_))
+        ));
     }
 }

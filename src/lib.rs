@@ -6,15 +6,18 @@
 //! rest of the code talks about models, schedules and samplers.
 
 pub mod atomic_file;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod figures;
+pub mod generate;
 pub mod model;
 pub mod optim;
 pub mod precision;
 pub mod rng;
 pub mod run_figures;
+pub mod sampler;
 pub mod schedule;
 pub mod tensor_io;
 pub mod train;

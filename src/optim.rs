@@ -21,7 +21,11 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -37,9 +41,21 @@ pub struct Adam {
 impl Adam {
     /// `params` are (name, tensor) pairs; names key the moments in saved state.
     pub fn new(params: Vec<(String, Tensor)>, config: AdamConfig) -> Self {
-        let exp_avg = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
-        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
-        Self { config, params, exp_avg, exp_avg_sq, step: 0 }
+        let exp_avg = params
+            .iter()
+            .map(|(_, p)| p.zeros_like().detach())
+            .collect();
+        let exp_avg_sq = params
+            .iter()
+            .map(|(_, p)| p.zeros_like().detach())
+            .collect();
+        Self {
+            config,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+        }
     }
 
     /// Drops the gradients of every parameter (before the next backward pass).
@@ -57,7 +73,12 @@ impl Adam {
         let sqrt_bias_correction2 = (1.0 - beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias_correction1;
         tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            for (((_, p), m), v) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.exp_avg)
+                .zip(&mut self.exp_avg_sq)
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
@@ -122,7 +143,12 @@ mod tests {
         }
         let got: Vec<f32> = Vec::<f32>::try_from(&p.detach()).expect("to vec");
         for i in 0..3 {
-            assert!((got[i] as f64 - expected[i]).abs() < 1e-6, "{i}: {} vs {}", got[i], expected[i]);
+            assert!(
+                (got[i] as f64 - expected[i]).abs() < 1e-6,
+                "{i}: {} vs {}",
+                got[i],
+                expected[i]
+            );
         }
     }
 

@@ -65,7 +65,9 @@ mod tests {
         assert!(!autocast_enabled(Device::Cpu));
         y.to_kind(Kind::Float).sum(Kind::Float).backward();
         assert_eq!(w.grad().kind(), Kind::Float);
-        let z = autocast(Precision::Fp32, Device::Cpu, || x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1));
+        let z = autocast(Precision::Fp32, Device::Cpu, || {
+            x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+        });
         assert_eq!(z.kind(), Kind::Float);
     }
 }

@@ -21,7 +21,11 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { timesteps: 300, beta_start: 1e-4, beta_end: 0.02 }
+        Self {
+            timesteps: 300,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+        }
     }
 }
 
@@ -45,7 +49,11 @@ impl NoiseSchedule {
         let n = config.timesteps;
         let betas: Vec<f64> = (0..n)
             .map(|i| {
-                let frac = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+                let frac = if n > 1 {
+                    i as f64 / (n - 1) as f64
+                } else {
+                    0.0
+                };
                 config.beta_start + frac * (config.beta_end - config.beta_start)
             })
             .collect();
@@ -57,14 +65,28 @@ impl NoiseSchedule {
                 Some(*acc)
             })
             .collect();
-        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0).chain(alpha_bar.iter().copied()).take(n).collect();
-        let posterior_variance =
-            (0..n).map(|t| betas[t] * (1.0 - alpha_bar_prev[t]) / (1.0 - alpha_bar[t])).collect();
-        let posterior_mean_coef_x0 =
-            (0..n).map(|t| alpha_bar_prev[t].sqrt() * betas[t] / (1.0 - alpha_bar[t])).collect();
-        let posterior_mean_coef_xt =
-            (0..n).map(|t| alphas[t].sqrt() * (1.0 - alpha_bar_prev[t]) / (1.0 - alpha_bar[t])).collect();
-        Self { betas, alphas, alpha_bar, alpha_bar_prev, posterior_variance, posterior_mean_coef_x0, posterior_mean_coef_xt }
+        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0)
+            .chain(alpha_bar.iter().copied())
+            .take(n)
+            .collect();
+        let posterior_variance = (0..n)
+            .map(|t| betas[t] * (1.0 - alpha_bar_prev[t]) / (1.0 - alpha_bar[t]))
+            .collect();
+        let posterior_mean_coef_x0 = (0..n)
+            .map(|t| alpha_bar_prev[t].sqrt() * betas[t] / (1.0 - alpha_bar[t]))
+            .collect();
+        let posterior_mean_coef_xt = (0..n)
+            .map(|t| alphas[t].sqrt() * (1.0 - alpha_bar_prev[t]) / (1.0 - alpha_bar[t]))
+            .collect();
+        Self {
+            betas,
+            alphas,
+            alpha_bar,
+            alpha_bar_prev,
+            posterior_variance,
+            posterior_mean_coef_x0,
+            posterior_mean_coef_xt,
+        }
     }
 
     pub fn timesteps(&self) -> usize {
@@ -89,7 +111,11 @@ impl NoiseSchedule {
 /// values[t] for each t, shaped [N, 1, 1, 1] to broadcast over images.
 fn per_sample(values: &[f64], t: &Tensor, device: Device) -> Tensor {
     let table: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    Tensor::from_slice(&table).to_device(device).index_select(0, t).view([-1, 1, 1, 1]).to_kind(Kind::Float)
+    Tensor::from_slice(&table)
+        .to_device(device)
+        .index_select(0, t)
+        .view([-1, 1, 1, 1])
+        .to_kind(Kind::Float)
 }
 
 #[cfg(test)]
@@ -115,7 +141,11 @@ mod tests {
         let s = spec();
         assert!(s.alpha_bar.windows(2).all(|w| w[1] < w[0]));
         // numpy: np.prod(1 - np.linspace(1e-4, 0.02, 300)) = 0.04806...
-        assert!((s.alpha_bar[299] - 0.04806).abs() < 5e-5, "{}", s.alpha_bar[299]);
+        assert!(
+            (s.alpha_bar[299] - 0.04806).abs() < 5e-5,
+            "{}",
+            s.alpha_bar[299]
+        );
         assert!((s.alpha_bar[299].sqrt() - 0.2192).abs() < 1e-3);
         assert!((s.alpha_bar[0] - (1.0 - 1e-4)).abs() < 1e-15);
         assert_eq!(s.alpha_bar_prev[0], 1.0);
@@ -135,7 +165,10 @@ mod tests {
             let ab_prev: f64 = s.alphas[..t].iter().product();
             assert!((s.posterior_variance[t] - b * (1.0 - ab_prev) / (1.0 - ab)).abs() < 1e-15);
             assert!((s.posterior_mean_coef_x0[t] - ab_prev.sqrt() * b / (1.0 - ab)).abs() < 1e-12);
-            assert!((s.posterior_mean_coef_xt[t] - a.sqrt() * (1.0 - ab_prev) / (1.0 - ab)).abs() < 1e-12);
+            assert!(
+                (s.posterior_mean_coef_xt[t] - a.sqrt() * (1.0 - ab_prev) / (1.0 - ab)).abs()
+                    < 1e-12
+            );
             assert!(s.posterior_variance[t] < b);
         }
     }

@@ -24,22 +24,39 @@ pub enum TensorFileError {
     #[error("{path}: unexpected tensor `{name}` (saved by a different model?)")]
     Unexpected { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, found: Vec<i64>, expected: Vec<i64> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        found: Vec<i64>,
+        expected: Vec<i64>,
+    },
     #[error("{path}: tensor `{name}` has dtype {found:?}, expected {expected:?}")]
-    Dtype { path: PathBuf, name: String, found: tch::Kind, expected: tch::Kind },
+    Dtype {
+        path: PathBuf,
+        name: String,
+        found: tch::Kind,
+        expected: tch::Kind,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TensorFileError + '_ {
-    move |source| TensorFileError::Io { path: path.to_path_buf(), source }
+    move |source| TensorFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `tensors` to `path` atomically (temp file, fsync, rename).
 pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), TensorFileError> {
-    let host: Vec<(String, Tensor)> =
-        tensors.iter().map(|(name, t)| (name.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let host: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
     let tmp = temp_path(path);
-    Tensor::write_safetensors(&host, &tmp)
-        .map_err(|e| TensorFileError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+    Tensor::write_safetensors(&host, &tmp).map_err(|e| TensorFileError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     commit(&tmp, path).map_err(io_err(path))
 }
 
@@ -51,8 +68,10 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>, TensorFileError> {
             source: io::Error::new(io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| TensorFileError::Format { path: path.to_path_buf(), message: first_line(&e.to_string()) })?;
+    let tensors = Tensor::read_safetensors(path).map_err(|e| TensorFileError::Format {
+        path: path.to_path_buf(),
+        message: first_line(&e.to_string()),
+    })?;
     Ok(tensors.into_iter().collect())
 }
 
@@ -79,17 +98,33 @@ pub fn check_matches(
     let path = path.to_path_buf();
     for (name, want) in expected {
         let Some(got) = loaded.get(name) else {
-            return Err(TensorFileError::Missing { path, name: name.clone() });
+            return Err(TensorFileError::Missing {
+                path,
+                name: name.clone(),
+            });
         };
         if got.size() != want.size() {
-            return Err(TensorFileError::Shape { path, name: name.clone(), found: got.size(), expected: want.size() });
+            return Err(TensorFileError::Shape {
+                path,
+                name: name.clone(),
+                found: got.size(),
+                expected: want.size(),
+            });
         }
         if got.kind() != want.kind() {
-            return Err(TensorFileError::Dtype { path, name: name.clone(), found: got.kind(), expected: want.kind() });
+            return Err(TensorFileError::Dtype {
+                path,
+                name: name.clone(),
+                found: got.kind(),
+                expected: want.kind(),
+            });
         }
     }
     if let Some(name) = loaded.keys().find(|name| !expected.contains_key(*name)) {
-        return Err(TensorFileError::Unexpected { path, name: name.clone() });
+        return Err(TensorFileError::Unexpected {
+            path,
+            name: name.clone(),
+        });
     }
     Ok(())
 }
@@ -106,8 +141,14 @@ mod tests {
 
     fn sample() -> BTreeMap<String, Tensor> {
         let mut m = BTreeMap::new();
-        m.insert("a.weight".to_string(), Tensor::randn([3, 4], (Kind::Float, Device::Cpu)));
-        m.insert("b.bias".to_string(), Tensor::randn([5], (Kind::Float, Device::Cpu)));
+        m.insert(
+            "a.weight".to_string(),
+            Tensor::randn([3, 4], (Kind::Float, Device::Cpu)),
+        );
+        m.insert(
+            "b.bias".to_string(),
+            Tensor::randn([5], (Kind::Float, Device::Cpu)),
+        );
         m
     }
 
@@ -117,8 +158,10 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let saved = sample();
         write(&path, &saved).expect("write");
-        let targets: BTreeMap<String, Tensor> =
-            saved.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
+        let targets: BTreeMap<String, Tensor> = saved
+            .iter()
+            .map(|(k, v)| (k.clone(), v.zeros_like()))
+            .collect();
         load_into(&path, &targets).expect("load");
         for (name, t) in &saved {
             assert!(t.equal(&targets[name]), "{name}");
@@ -134,15 +177,27 @@ mod tests {
         write(&path, &sample()).expect("write");
 
         let mut more = sample();
-        more.insert("c".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu)));
-        assert!(matches!(load_into(&path, &more), Err(TensorFileError::Missing { .. })));
+        more.insert(
+            "c".to_string(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        );
+        assert!(matches!(
+            load_into(&path, &more),
+            Err(TensorFileError::Missing { .. })
+        ));
 
         let mut fewer = sample();
         fewer.remove("b.bias");
-        assert!(matches!(load_into(&path, &fewer), Err(TensorFileError::Unexpected { .. })));
+        assert!(matches!(
+            load_into(&path, &fewer),
+            Err(TensorFileError::Unexpected { .. })
+        ));
 
         let mut reshaped = sample();
-        reshaped.insert("a.weight".to_string(), Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)));
+        reshaped.insert(
+            "a.weight".to_string(),
+            Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)),
+        );
         let err = load_into(&path, &reshaped).expect_err("shape");
         assert!(err.to_string().contains("a.weight"), "{err}");
     }

@@ -10,7 +10,12 @@ use common::*;
 fn tmp_data_dir(tmp: &std::path::Path) -> std::path::PathBuf {
     let dir = tmp.join("data");
     fs::create_dir_all(&dir).expect("mkdir");
-    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+    for name in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
         fs::copy(mnist_dir().join(name), dir.join(name)).expect("copy");
     }
     dir
@@ -21,10 +26,22 @@ fn flags_are_validated_before_anything_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
     let o = out.to_str().expect("utf8");
-    assert_clean_failure(&run(&["train", "denoiser", "--epochs", "0", "--out", o]), "--epochs");
-    assert_clean_failure(&run(&["train", "denoiser", "--epochs", "three", "--out", o]), "--epochs");
-    assert_clean_failure(&run(&["train", "denoiser", "--lr", "-1", "--out", o]), "--lr");
-    assert_clean_failure(&run(&["train", "cfg", "--p-uncond", "1.5", "--out", o]), "--p-uncond");
+    assert_clean_failure(
+        &run(&["train", "denoiser", "--epochs", "0", "--out", o]),
+        "--epochs",
+    );
+    assert_clean_failure(
+        &run(&["train", "denoiser", "--epochs", "three", "--out", o]),
+        "--epochs",
+    );
+    assert_clean_failure(
+        &run(&["train", "denoiser", "--lr", "-1", "--out", o]),
+        "--lr",
+    );
+    assert_clean_failure(
+        &run(&["train", "cfg", "--p-uncond", "1.5", "--out", o]),
+        "--p-uncond",
+    );
     assert_clean_failure(&run(&["train", "denoiser", "--nonsense"]), "--nonsense");
     assert!(!out.exists(), "a rejected command created its run folder");
 }
@@ -35,7 +52,10 @@ fn unwritable_out_is_a_clear_error() {
     let file = tmp.path().join("a-file");
     fs::write(&file, b"x").expect("write");
     let out = file.join("run");
-    assert_clean_failure(&run_owned(&tiny("denoiser", &out, &["--epochs", "1"])), "cannot");
+    assert_clean_failure(
+        &run_owned(&tiny("denoiser", &out, &["--epochs", "1"])),
+        "cannot",
+    );
 }
 
 #[test]
@@ -45,7 +65,11 @@ fn missing_truncated_and_wrong_magic_idx_files() {
     let d = data.to_str().expect("utf8").to_string();
     let train = |name: &str| {
         let out = tmp.path().join(name);
-        run_owned(&tiny("denoiser", &out, &["--epochs", "1", "--data-dir", &d]))
+        run_owned(&tiny(
+            "denoiser",
+            &out,
+            &["--epochs", "1", "--data-dir", &d],
+        ))
     };
 
     fs::remove_file(data.join("t10k-labels-idx1-ubyte.gz")).expect("rm");
@@ -75,7 +99,11 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     let run_dir = tmp.path().join("run");
     let r = run_dir.to_str().expect("utf8");
     // NaN at global step 10 (epoch 2 with 8 steps per epoch): stops, names the step, keeps epoch 1.
-    let out = run_owned(&tiny("denoiser", &run_dir, &["--epochs", "3", "--inject-nan-at-step", "10"]));
+    let out = run_owned(&tiny(
+        "denoiser",
+        &run_dir,
+        &["--epochs", "3", "--inject-nan-at-step", "10"],
+    ));
     assert_clean_failure(&out, "step 10");
     assert!(stderr(&out).contains("epoch-001"), "{}", stderr(&out));
     let model = run_dir.join("checkpoints/epoch-001/model.safetensors");
@@ -87,7 +115,10 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     let (name, _) = tensors.pop_last().expect("a tensor");
     diffuse::tensor_io::write(&model, &tensors).expect("write");
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r]), &name);
-    tensors.insert(name.clone(), tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu)));
+    tensors.insert(
+        name.clone(),
+        tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu)),
+    );
     diffuse::tensor_io::write(&model, &tensors).expect("write");
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r]), "shape");
 
@@ -95,5 +126,7 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     fs::write(&model, &good).expect("restore");
     let out = run(&["train", "denoiser", "--resume", r, "--no-figures"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(run_dir.join("checkpoints/epoch-003/model.safetensors").exists());
+    assert!(run_dir
+        .join("checkpoints/epoch-003/model.safetensors")
+        .exists());
 }

@@ -11,22 +11,37 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 
 fn checkpoint_bytes(run: &Path, epoch: usize, file: &str) -> Vec<u8> {
-    fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}"))).expect("read checkpoint file")
+    fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}")))
+        .expect("read checkpoint file")
 }
 
 /// A pseudo-random delay from the clock, so each test run kills at a different moment.
 fn random_millis(max: u64) -> u64 {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     (nanos as u64 / 1000) % max
 }
 
 fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path) {
     let args = tiny(kind, killed, &["--epochs", "2", "--seed", "11"]);
-    let mut child = diffuse().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut child = diffuse()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let started = Instant::now();
     while !killed.join("checkpoints/epoch-001/state.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "epoch 1 never finished");
-        assert!(child.try_wait().expect("wait").is_none(), "training exited before epoch 1 was saved");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "epoch 1 never finished"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "training exited before epoch 1 was saved"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(random_millis(400)));
@@ -35,13 +50,30 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
     let _ = child.wait();
     eprintln!("{kind}: killed during epoch 2: {still_running}");
     if still_running {
-        assert!(!killed.join("checkpoints/epoch-002/model.safetensors").exists() || {
-            // The kill may land after the epoch-2 commit; then the checkpoint must be whole (resume sees it).
-            killed.join("checkpoints/epoch-002/state.json").exists()
-        });
+        assert!(
+            !killed
+                .join("checkpoints/epoch-002/model.safetensors")
+                .exists()
+                || {
+                    // The kill may land after the epoch-2 commit; then the checkpoint must be whole (resume sees it).
+                    killed.join("checkpoints/epoch-002/state.json").exists()
+                }
+        );
     }
-    let resumed = run(&["train", kind, "--resume", killed.to_str().expect("utf8"), "--threads", "2", "--no-figures"]);
-    assert!(resumed.status.success(), "resume failed: {}", stderr(&resumed));
+    let resumed = run(&[
+        "train",
+        kind,
+        "--resume",
+        killed.to_str().expect("utf8"),
+        "--threads",
+        "2",
+        "--no-figures",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "resume failed: {}",
+        stderr(&resumed)
+    );
 
     for file in ["model.safetensors", "optimizer.safetensors"] {
         assert!(
@@ -66,9 +98,16 @@ fn sigkill_during_epoch_two_then_resume_is_byte_identical() {
         let other = tmp.path().join(format!("{kind}-other-seed"));
         let out = run_owned(&tiny(kind, &other, &["--epochs", "1", "--seed", "12"]));
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_ne!(checkpoint_bytes(&straight, 1, "model.safetensors"), checkpoint_bytes(&other, 1, "model.safetensors"));
+        assert_ne!(
+            checkpoint_bytes(&straight, 1, "model.safetensors"),
+            checkpoint_bytes(&other, 1, "model.safetensors")
+        );
 
-        kill_during_epoch_two_then_resume(kind, &straight, &tmp.path().join(format!("{kind}-killed")));
+        kill_during_epoch_two_then_resume(
+            kind,
+            &straight,
+            &tmp.path().join(format!("{kind}-killed")),
+        );
     }
 }
 
@@ -80,10 +119,16 @@ fn resume_refuses_another_kind_and_changed_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     let r = run_dir.to_str().expect("utf8");
     assert_clean_failure(&run(&["train", "ddpm", "--resume", r]), "denoiser");
-    assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--lr", "0.1"]), "--lr");
+    assert_clean_failure(
+        &run(&["train", "denoiser", "--resume", r, "--lr", "0.1"]),
+        "--lr",
+    );
     // A finished run resumes to nothing, successfully.
     let again = run(&["train", "denoiser", "--resume", r]);
     assert!(again.status.success(), "{}", stderr(&again));
     // Starting a new run over it is refused.
-    assert_clean_failure(&run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"])), "--resume");
+    assert_clean_failure(
+        &run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"])),
+        "--resume",
+    );
 }

@@ -36,11 +36,15 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
         DataCommand::Download(args) => {
             let dir = data::resolve_data_dir(args.dir.data_dir.as_deref());
             let mirrors: Vec<String> = if args.mirrors.is_empty() {
-                data::DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect()
+                data::DEFAULT_MIRRORS
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect()
             } else {
                 args.mirrors
             };
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let report = data::download(&dir, &mirrors)?;
             println!("{report}");
             Ok(())
@@ -49,7 +53,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             let dir = data::resolve_data_dir(args.data_dir.as_deref());
             let report = data::check_dir(&dir)?;
             println!("{report}");
-            anyhow::ensure!(report.is_usable(), "{} is not a usable data folder (see above)", dir.display());
+            anyhow::ensure!(
+                report.is_usable(),
+                "{} is not a usable data folder (see above)",
+                dir.display()
+            );
             Ok(())
         }
     }

@@ -32,7 +32,11 @@ pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
     for (epoch, _) in checkpoint::list(&args.run_dir)? {
         if figures.shows_epoch(epoch) {
             let (_, model, _) = load_model(&args.run_dir, Some(epoch), device)?;
-            written.extend(figures.model_figures(&model, epoch).with_context(|| format!("epoch {epoch}"))?);
+            written.extend(
+                figures
+                    .model_figures(&model, epoch)
+                    .with_context(|| format!("epoch {epoch}"))?,
+            );
         }
     }
     let losses = read_losses(&args.run_dir)?;

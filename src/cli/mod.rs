@@ -1,14 +1,20 @@
 //! Command-line structure (clap derive) and dispatch to the subcommands.
 
+mod bench;
 mod data;
 mod figures;
 mod progress;
+mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "diffuse", version, about = "Train, sample, evaluate and serve small diffusion and flow models on MNIST")]
+#[command(
+    name = "diffuse",
+    version,
+    about = "Train, sample, evaluate and serve small diffusion and flow models on MNIST"
+)]
 pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -25,6 +31,10 @@ enum Command {
     /// Train a model.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Draw digits from a trained run (PNG grid, GIF, IDX).
+    Sample(sample::SampleArgs),
+    /// Measure training and sampling throughput and peak memory.
+    Bench(bench::BenchArgs),
     /// Regenerate a run's figures from its checkpoints.
     Figures(figures::FiguresArgs),
 }
@@ -33,7 +43,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Train(cmd) => train::run(cmd),
+        Command::Sample(args) => sample::run(args),
         Command::Figures(args) => figures::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
@@ -46,7 +58,11 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// The error chain on one line, outermost context first, without repeating causes that are already included.

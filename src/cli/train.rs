@@ -8,11 +8,10 @@ use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
 use diffuse::device::{self, DeviceChoice};
-use diffuse::model::UNetConfig;
-use diffuse::optim::AdamConfig;
 use diffuse::precision::Precision;
 use diffuse::run_figures;
 use diffuse::schedule::ScheduleConfig;
+use diffuse::train::config::ModelKind;
 use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
 
 use super::progress::Bars;
@@ -119,21 +118,12 @@ impl ScheduleArgs {
     fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
         self.timesteps.is_some().then(|| given.push("--timesteps"));
-        self.beta_start.is_some().then(|| given.push("--beta-start"));
+        self.beta_start
+            .is_some()
+            .then(|| given.push("--beta-start"));
         self.beta_end.is_some().then(|| given.push("--beta-end"));
         given
     }
-}
-
-/// Per-kind defaults from SPEC.md.
-struct Defaults {
-    hidden: i64,
-    epochs: usize,
-    batch_size: usize,
-    lr: f64,
-    lr_final_ratio: f64,
-    time: bool,
-    class: bool,
 }
 
 impl CommonArgs {
@@ -158,66 +148,68 @@ impl CommonArgs {
         given
     }
 
-    fn config(&self, objective: Objective, d: Defaults) -> TrainConfig {
-        TrainConfig {
-            objective,
-            model: UNetConfig::new(self.hidden.unwrap_or(d.hidden), d.time, d.class),
-            dataset: self.dataset.unwrap_or_default(),
-            epochs: self.epochs.unwrap_or(d.epochs),
-            batch_size: self.batch_size.unwrap_or(d.batch_size),
-            lr: self.lr.unwrap_or(d.lr),
-            lr_final_ratio: self.lr_final_ratio.unwrap_or(d.lr_final_ratio),
-            adam: AdamConfig::default(),
-            subset: self.subset,
-            seed: self.seed.unwrap_or(0),
-            precision: self.precision.unwrap_or_default(),
-        }
+    /// SPEC.md's config for `kind`, with every flag given on the command line applied over it.
+    fn config(&self, kind: ModelKind) -> TrainConfig {
+        let mut c = kind.spec_config();
+        c.model.hidden = self.hidden.unwrap_or(c.model.hidden);
+        c.dataset = self.dataset.unwrap_or(c.dataset);
+        c.epochs = self.epochs.unwrap_or(c.epochs);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.lr = self.lr.unwrap_or(c.lr);
+        c.lr_final_ratio = self.lr_final_ratio.unwrap_or(c.lr_final_ratio);
+        c.subset = self.subset;
+        c.seed = self.seed.unwrap_or(c.seed);
+        c.precision = self.precision.unwrap_or(c.precision);
+        c
     }
 }
 
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
-    let diffusion = |time, class| Defaults {
-        hidden: 64,
-        epochs: 20,
-        batch_size: 128,
-        lr: 1e-3,
-        lr_final_ratio: 0.1,
-        time,
-        class,
-    };
     let (common, config, extra_given) = match cmd {
         TrainCommand::Denoiser { common, sigma } => {
-            let d = Defaults {
-                hidden: 128,
-                epochs: 5,
-                batch_size: 256,
-                lr: 1e-4,
-                lr_final_ratio: 1.0,
-                time: false,
-                class: false,
+            let mut config = common.config(ModelKind::Denoiser);
+            if let Some(sigma) = sigma {
+                config.objective = Objective::Denoiser { sigma };
+            }
+            let given = if sigma.is_some() {
+                vec!["--sigma"]
+            } else {
+                vec![]
             };
-            let config = common.config(Objective::Denoiser { sigma: sigma.unwrap_or(0.5) }, d);
-            let given = if sigma.is_some() { vec!["--sigma"] } else { vec![] };
             (common, config, given)
         }
         TrainCommand::Ddpm { common, schedule } => {
-            let config = common.config(Objective::Ddpm { schedule: schedule.config() }, diffusion(true, false));
+            let mut config = common.config(ModelKind::Ddpm);
+            config.objective = Objective::Ddpm {
+                schedule: schedule.config(),
+            };
             (common, config, schedule.given())
         }
-        TrainCommand::Cfg { common, schedule, p_uncond } => {
-            let objective = Objective::Cfg { schedule: schedule.config(), p_uncond: p_uncond.unwrap_or(0.1) };
+        TrainCommand::Cfg {
+            common,
+            schedule,
+            p_uncond,
+        } => {
+            let mut config = common.config(ModelKind::Cfg);
+            config.objective = Objective::Cfg {
+                schedule: schedule.config(),
+                p_uncond: p_uncond.unwrap_or(0.1),
+            };
             let mut given = schedule.given();
             if p_uncond.is_some() {
                 given.push("--p-uncond");
             }
-            let config = common.config(objective, diffusion(true, true));
             (common, config, given)
         }
     };
     train(common, config, extra_given)
 }
 
-fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>) -> anyhow::Result<()> {
+fn train(
+    common: CommonArgs,
+    config: TrainConfig,
+    extra_given: Vec<&'static str>,
+) -> anyhow::Result<()> {
     device::set_threads(common.threads);
     let device = common.device.resolve()?;
     let kind = config.objective.name();
@@ -233,31 +225,49 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         let trainer = Trainer::resume(run_dir, kind, device)
             .with_context(|| format!("cannot resume {}", run_dir.display()))?;
         if trainer.is_finished() {
-            eprintln!("{} is already complete ({} epochs); nothing to train", run_dir.display(), trainer.epoch);
+            eprintln!(
+                "{} is already complete ({} epochs); nothing to train",
+                run_dir.display(),
+                trainer.epoch
+            );
             return Ok(());
         }
-        eprintln!("resuming {} after epoch {}", run_dir.display(), trainer.epoch);
+        eprintln!(
+            "resuming {} after epoch {}",
+            run_dir.display(),
+            trainer.epoch
+        );
         trainer
     } else {
         config.validate().map_err(anyhow::Error::msg)?;
-        let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
+        let run_dir = common
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, &run_dir, device)?
     };
     trainer.inject_nan_at_step = common.inject_nan_at_step;
 
-    let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
+    let data_dir = trainer
+        .config
+        .dataset
+        .resolve_dir(common.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;
     let test_digits = load_split(&data_dir, Split::Test)?;
     let data = TrainData::new(&train_digits, device);
     eprintln!(
         "training {kind} ({} parameters) on {} images from {} on {}, run folder {}",
         trainer.model.parameter_count(),
-        trainer.config.subset.map_or(data.len(), |s| s.min(data.len())),
+        trainer
+            .config
+            .subset
+            .map_or(data.len(), |s| s.min(data.len())),
         data_dir.display(),
         device::describe(device),
         trainer.run_dir.display()
     );
-    let figures = (!common.no_figures).then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
+    let figures = (!common.no_figures)
+        .then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
     if let (Some(figures), 0) = (&figures, trainer.epoch) {
         figures.before_training().context("cannot draw figures")?;
     }
@@ -267,7 +277,9 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         let dir = trainer.save_checkpoint()?;
         tracing::info!(checkpoint = %dir.display(), "saved");
         if let Some(figures) = &figures {
-            figures.after_epoch(&trainer.model, trainer.epoch, &trainer.losses).context("cannot draw figures")?;
+            figures
+                .after_epoch(&trainer.model, trainer.epoch, &trainer.losses)
+                .context("cannot draw figures")?;
         }
     }
     eprintln!("done: {}", trainer.run_dir.display());

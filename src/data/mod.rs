@@ -1,5 +1,6 @@
-//! Getting MNIST-shaped digits from disk into memory: the IDX file format (`idx`), the four-file MNIST /
-//! Fashion-MNIST layout with its checksums (`mnist`), and fetching the files from mirrors (`download`).
+//! Getting MNIST-shaped digits from disk into memory: the IDX file format (`idx`) read through a bounded
+//! gunzip (`gunzip`), the four-file MNIST / Fashion-MNIST layout (`mnist`), checking a folder against
+//! MNIST's shapes and checksums (`check`), and fetching the files from mirrors (`download`).
 //! Nothing here knows about tensors; callers get plain `u8`/`f32` buffers with their shapes. Every write
 //! into a data folder goes through a temporary file that is renamed into place only once complete, so an
 //! interrupted run never leaves a half-written file where a loader would pick it up.

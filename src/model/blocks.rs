@@ -7,7 +7,10 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
-    let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    let config = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        ..Default::default()
+    };
     nn::batch_norm2d(path, channels, config)
 }
 
@@ -42,31 +45,48 @@ impl ConvNormAct {
                 c_in,
                 c_out,
                 3,
-                nn::ConvConfig { padding: 1, ..Default::default() },
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
             )),
             Resample::Down => ConvKind::Conv(nn::conv2d(
                 &path / "conv",
                 c_in,
                 c_out,
                 3,
-                nn::ConvConfig { stride: 2, padding: 1, ..Default::default() },
+                nn::ConvConfig {
+                    stride: 2,
+                    padding: 1,
+                    ..Default::default()
+                },
             )),
             Resample::Up => ConvKind::Transposed(nn::conv_transpose2d(
                 &path / "conv",
                 c_in,
                 c_out,
                 4,
-                nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() },
+                nn::ConvTransposeConfig {
+                    stride: 2,
+                    padding: 1,
+                    ..Default::default()
+                },
             )),
             Resample::Unflatten => ConvKind::Transposed(nn::conv_transpose2d(
                 &path / "conv",
                 c_in,
                 c_out,
                 7,
-                nn::ConvTransposeConfig { stride: 7, ..Default::default() },
+                nn::ConvTransposeConfig {
+                    stride: 7,
+                    ..Default::default()
+                },
             )),
         };
-        Self { conv, norm: batch_norm(&path / "norm", c_out) }
+        Self {
+            conv,
+            norm: batch_norm(&path / "norm", c_out),
+        }
     }
 
     /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
@@ -96,7 +116,8 @@ impl ConvBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.second.forward_t(&self.first.forward_t(x, train), train)
+        self.second
+            .forward_t(&self.first.forward_t(x, train), train)
     }
 }
 
@@ -125,7 +146,8 @@ impl ResampleBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.block.forward_t(&self.resample.forward_t(x, train), train)
+        self.block
+            .forward_t(&self.resample.forward_t(x, train), train)
     }
 }
 

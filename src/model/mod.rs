@@ -36,7 +36,13 @@ pub struct UNetConfig {
 
 impl UNetConfig {
     pub fn new(hidden: i64, time_cond: bool, class_cond: bool) -> Self {
-        Self { arch: Arch::Basic, hidden, time_cond, class_cond, num_classes: 10 }
+        Self {
+            arch: Arch::Basic,
+            hidden,
+            time_cond,
+            class_cond,
+            num_classes: 10,
+        }
     }
 }
 
@@ -54,12 +60,22 @@ impl Model {
     pub fn new(config: &UNetConfig, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let net = BasicUNet::new(&vs.root(), config);
-        Self { config: config.clone(), vs, net }
+        Self {
+            config: config.clone(),
+            vs,
+            net,
+        }
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
     /// Inputs the config does not use are ignored.
-    pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        t: Option<&Tensor>,
+        class: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         self.net.forward_t(x, t, class, train)
     }
 
@@ -74,11 +90,17 @@ impl Model {
 
     /// The trainable parameters, by name, in name order.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.named_variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+        self.named_variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
     }
 
     pub fn parameter_count(&self) -> i64 {
-        self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+        self.named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
@@ -114,7 +136,11 @@ mod tests {
             (128, true, true, 8_060_673),
         ] {
             let model = Model::new(&UNetConfig::new(hidden, time, class), Device::Cpu);
-            assert_eq!(model.parameter_count(), expected, "D={hidden} time={time} class={class}");
+            assert_eq!(
+                model.parameter_count(),
+                expected,
+                "D={hidden} time={time} class={class}"
+            );
         }
     }
 
@@ -157,9 +183,24 @@ mod tests {
         let model = Model::new(&UNetConfig::new(8, true, true), Device::Cpu);
         let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 2);
-        let a = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c), false);
-        let b = model.forward_t(&x, Some(&Tensor::from_slice(&[0.9f32, 0.9])), Some(&c), false);
-        let u = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c.zeros_like()), false);
+        let a = model.forward_t(
+            &x,
+            Some(&Tensor::from_slice(&[0.1f32, 0.1])),
+            Some(&c),
+            false,
+        );
+        let b = model.forward_t(
+            &x,
+            Some(&Tensor::from_slice(&[0.9f32, 0.9])),
+            Some(&c),
+            false,
+        );
+        let u = model.forward_t(
+            &x,
+            Some(&Tensor::from_slice(&[0.1f32, 0.1])),
+            Some(&c.zeros_like()),
+            false,
+        );
         assert!(f64::try_from((&a - &b).abs().max()).unwrap_or(0.0) > 1e-6);
         assert!(f64::try_from((&a - &u).abs().max()).unwrap_or(0.0) > 1e-6);
     }

@@ -4,6 +4,7 @@
 //! and the same digits and noise appear in every epoch's figure.
 
 mod denoiser;
+pub mod diffusion;
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +52,12 @@ impl RunFigures {
     }
 
     /// Figures due after `epoch` (1-based): the loss curve always, model figures at the epochs that show them.
-    pub fn after_epoch(&self, model: &Model, epoch: usize, losses: &[f32]) -> Result<Vec<PathBuf>, FigureError> {
+    pub fn after_epoch(
+        &self,
+        model: &Model,
+        epoch: usize,
+        losses: &[f32],
+    ) -> Result<Vec<PathBuf>, FigureError> {
         let mut written = vec![self.loss_curve(losses)?];
         if self.shows_epoch(epoch) {
             written.extend(self.model_figures(model, epoch)?);
@@ -78,16 +84,31 @@ impl RunFigures {
                 }
                 Ok(written)
             }
-            _ => Ok(Vec::new()),
+            _ => diffusion::sample_figures(self, model, epoch, epoch == self.config.epochs),
         }
     }
 
     /// `loss.png`: per-iteration training loss, log scale, with a moving average.
     pub fn loss_curve(&self, losses: &[f32]) -> Result<PathBuf, FigureError> {
-        let points: Vec<(f64, f64)> = losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
+        let points: Vec<(f64, f64)> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| ((i + 1) as f64, l as f64))
+            .collect();
         let path = self.dir.join("loss.png");
-        let title = format!("{} training loss (D={})", self.config.objective.name(), self.config.model.hidden);
-        line_plot(&path, &title, "iteration", "MSE loss (log scale)", &[Series::smoothed("loss", &points)], true)?;
+        let title = format!(
+            "{} training loss (D={})",
+            self.config.objective.name(),
+            self.config.model.hidden
+        );
+        line_plot(
+            &path,
+            &title,
+            "iteration",
+            "MSE loss (log scale)",
+            &[Series::smoothed("loss", &points)],
+            true,
+        )?;
         Ok(path)
     }
 
@@ -105,11 +126,19 @@ impl RunFigures {
     }
 
     fn test_batch(&self, indices: &[i64]) -> Tensor {
-        self.test_images.index_select(0, &Tensor::from_slice(indices))
+        self.test_images
+            .index_select(0, &Tensor::from_slice(indices))
     }
 }
 
 /// A [N, 1, H, W] tensor as a flat f32 vector for the image grid functions.
 pub(crate) fn to_pixels(images: &Tensor) -> Vec<f32> {
-    Vec::try_from(images.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default()
+    Vec::try_from(
+        images
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .flatten(0, -1),
+    )
+    .unwrap_or_default()
 }

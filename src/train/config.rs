@@ -19,7 +19,10 @@ pub enum Objective {
     /// Part 2: x_t -> eps, time-conditioned.
     Ddpm { schedule: ScheduleConfig },
     /// Part 3: x_t, class -> eps, with the class dropped (zeros) with probability `p_uncond`.
-    Cfg { schedule: ScheduleConfig, p_uncond: f64 },
+    Cfg {
+        schedule: ScheduleConfig,
+        p_uncond: f64,
+    },
 }
 
 impl Objective {
@@ -36,6 +39,79 @@ impl Objective {
         match self {
             Objective::Denoiser { .. } => None,
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => Some(schedule),
+        }
+    }
+}
+
+/// The kinds of model the tool trains (the `diffuse train KIND` subcommands and `--model` of `diffuse bench`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Denoiser,
+    Ddpm,
+    Cfg,
+}
+
+impl ModelKind {
+    /// SPEC.md's configuration for this kind: part 1 D=128, batch 256, 5 epochs, Adam 1e-4, sigma 0.5; parts 2
+    /// and 3 D=64, batch 128, 20 epochs, Adam 1e-3 decaying to a tenth, T=300, p_uncond 0.1.
+    pub fn spec_config(self) -> TrainConfig {
+        let schedule = ScheduleConfig::default();
+        let (objective, hidden, epochs, batch_size, lr, lr_final_ratio, time, class) = match self {
+            ModelKind::Denoiser => (
+                Objective::Denoiser { sigma: 0.5 },
+                128,
+                5,
+                256,
+                1e-4,
+                1.0,
+                false,
+                false,
+            ),
+            ModelKind::Ddpm => (
+                Objective::Ddpm { schedule },
+                64,
+                20,
+                128,
+                1e-3,
+                0.1,
+                true,
+                false,
+            ),
+            ModelKind::Cfg => (
+                Objective::Cfg {
+                    schedule,
+                    p_uncond: 0.1,
+                },
+                64,
+                20,
+                128,
+                1e-3,
+                0.1,
+                true,
+                true,
+            ),
+        };
+        TrainConfig {
+            objective,
+            model: UNetConfig::new(hidden, time, class),
+            dataset: Dataset::Mnist,
+            epochs,
+            batch_size,
+            lr,
+            lr_final_ratio,
+            adam: AdamConfig::default(),
+            subset: None,
+            seed: 0,
+            precision: Precision::Fp32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Denoiser => "denoiser",
+            ModelKind::Ddpm => "ddpm",
+            ModelKind::Cfg => "cfg",
         }
     }
 }
@@ -83,10 +159,16 @@ impl TrainConfig {
             return Err("--epochs must be at least 1".into());
         }
         if self.batch_size < 2 {
-            return Err(format!("--batch-size must be at least 2 (BatchNorm needs 2 images), got {}", self.batch_size));
+            return Err(format!(
+                "--batch-size must be at least 2 (BatchNorm needs 2 images), got {}",
+                self.batch_size
+            ));
         }
         if self.model.hidden < 1 || self.model.hidden > 1024 {
-            return Err(format!("--hidden must be between 1 and 1024, got {}", self.model.hidden));
+            return Err(format!(
+                "--hidden must be between 1 and 1024, got {}",
+                self.model.hidden
+            ));
         }
         positive("lr", self.lr)?;
         positive("lr-final-ratio", self.lr_final_ratio)?;
@@ -96,15 +178,23 @@ impl TrainConfig {
         match &self.objective {
             Objective::Denoiser { sigma } => {
                 if !(sigma.is_finite() && *sigma >= 0.0) {
-                    return Err(format!("--sigma must be a non-negative number, got {sigma}"));
+                    return Err(format!(
+                        "--sigma must be a non-negative number, got {sigma}"
+                    ));
                 }
             }
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => {
                 if schedule.timesteps < 2 || schedule.timesteps > 10_000 {
-                    return Err(format!("--timesteps must be between 2 and 10000, got {}", schedule.timesteps));
+                    return Err(format!(
+                        "--timesteps must be between 2 and 10000, got {}",
+                        schedule.timesteps
+                    ));
                 }
                 let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
-                if !ok(schedule.beta_start) || !ok(schedule.beta_end) || schedule.beta_start > schedule.beta_end {
+                if !ok(schedule.beta_start)
+                    || !ok(schedule.beta_end)
+                    || schedule.beta_start > schedule.beta_end
+                {
                     return Err("betas must satisfy 0 < beta_start <= beta_end < 1".into());
                 }
             }

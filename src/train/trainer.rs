@@ -13,7 +13,9 @@ use tch::{Device, Kind, Reduction, Tensor};
 use thiserror::Error;
 
 use crate::atomic_file::write_atomic;
-use crate::checkpoint::{self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use crate::checkpoint::{
+    self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+};
 use crate::data::Digits;
 use crate::model::Model;
 use crate::optim::Adam;
@@ -35,7 +37,10 @@ pub enum TrainError {
     #[error(transparent)]
     Tensors(#[from] TensorFileError),
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: unreadable checkpoint state ({message})")]
     State { path: PathBuf, message: String },
     #[error("{0}")]
@@ -45,7 +50,13 @@ pub enum TrainError {
     #[error("cannot resume {run}: {what}")]
     Mismatch { run: String, what: String },
     #[error("loss became {value} at epoch {epoch}, step {step} (global step {global_step}); training stopped. The last good checkpoint is kept{kept}")]
-    NonFinite { value: f32, epoch: usize, step: usize, global_step: i64, kept: String },
+    NonFinite {
+        value: f32,
+        epoch: usize,
+        step: usize,
+        global_step: i64,
+        kept: String,
+    },
 }
 
 /// The training split on the training device.
@@ -58,7 +69,10 @@ pub struct TrainData {
 
 impl TrainData {
     pub fn new(digits: &Digits, device: Device) -> Self {
-        Self { images: digits_to_tensor(digits).to_device(device), labels: labels_to_tensor(digits).to_device(device) }
+        Self {
+            images: digits_to_tensor(digits).to_device(device),
+            labels: labels_to_tensor(digits).to_device(device),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +86,9 @@ impl TrainData {
 
 /// Digits as a [N, 1, H, W] float tensor in [0, 1] (CPU).
 pub fn digits_to_tensor(digits: &Digits) -> Tensor {
-    Tensor::from_slice(&digits.images).view([digits.n as i64, 1, digits.rows as i64, digits.cols as i64]).to_kind(Kind::Float)
+    Tensor::from_slice(&digits.images)
+        .view([digits.n as i64, 1, digits.rows as i64, digits.cols as i64])
+        .to_kind(Kind::Float)
         / 255.0
 }
 
@@ -123,16 +139,30 @@ impl Trainer {
     pub fn create(config: TrainConfig, run_dir: &Path, device: Device) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
         if let Ok((epoch, _)) = checkpoint::latest(run_dir) {
-            return Err(TrainError::Exists { run: run_dir.display().to_string(), epoch });
+            return Err(TrainError::Exists {
+                run: run_dir.display().to_string(),
+                epoch,
+            });
         }
-        std::fs::create_dir_all(run_dir)
-            .map_err(|source| TrainError::Write { path: run_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Write {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
         let config_path = run_dir.join(CONFIG_FILE);
         write_json(&config_path, &config)?;
         tch::manual_seed(config.seed as i64);
         let model = Model::new(&config.model, device);
         let rng = RunRng::new(config.seed);
         Ok(Self::assemble(config, run_dir, model, rng))
+    }
+
+    /// A trainer that never touches the disk (benchmarks).
+    pub fn in_memory(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
+        tch::manual_seed(config.seed as i64);
+        let model = Model::new(&config.model, device);
+        let rng = RunRng::new(config.seed);
+        Ok(Self::assemble(config, Path::new(""), model, rng))
     }
 
     fn assemble(config: TrainConfig, run_dir: &Path, model: Model, rng: RunRng) -> Self {
@@ -166,7 +196,9 @@ impl Trainer {
         let mut model = Model::new(&state.config.model, device);
         model.load(&dir.join(MODEL_FILE))?;
         let mut trainer = Self::assemble(state.config, run_dir, model, state.rng);
-        trainer.adam.load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
+        trainer
+            .adam
+            .load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
         trainer.epoch = state.epoch;
         trainer.losses = state.losses;
         Ok(trainer)
@@ -181,7 +213,11 @@ impl Trainer {
     }
 
     /// Trains one epoch: a fresh shuffle, then one Adam step per batch.
-    pub fn train_epoch(&mut self, data: &TrainData, progress: &mut dyn Progress) -> Result<(), TrainError> {
+    pub fn train_epoch(
+        &mut self,
+        data: &TrainData,
+        progress: &mut dyn Progress,
+    ) -> Result<(), TrainError> {
         let n = self.config.subset.map_or(data.len(), |s| s.min(data.len()));
         let batch_size = self.config.batch_size;
         let steps = n.div_ceil(batch_size);
@@ -195,41 +231,59 @@ impl Trainer {
             let index = Tensor::from_slice(chunk).to_device(device);
             let x0 = data.images.index_select(0, &index);
             let labels = data.labels.index_select(0, &index);
-            let batch = self.objective.batch(&x0, &labels, &mut self.rng);
-            self.adam.zero_grad();
-            let loss = autocast(self.config.precision, device, || {
-                let prediction =
-                    self.model.forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
-                prediction.to_kind(Kind::Float).mse_loss(&batch.target, Reduction::Mean)
-            });
-            let mut value = f32::try_from(&loss).unwrap_or(f32::NAN);
-            if self.inject_nan_at_step == Some(self.adam.step + 1) {
-                value = f32::NAN;
-            }
-            if !value.is_finite() {
-                let kept = checkpoint::latest(&self.run_dir)
-                    .map(|(_, dir)| format!(": {}", dir.display()))
-                    .unwrap_or_else(|_| " (none was written yet)".into());
-                return Err(TrainError::NonFinite {
-                    value,
-                    epoch: self.epoch + 1,
-                    step: step + 1,
-                    global_step: self.adam.step + 1,
-                    kept,
-                });
-            }
-            loss.backward();
-            self.adam.step(lr);
-            self.losses.push(value);
+            let value = self.train_step(&x0, &labels, lr, step + 1)?;
             progress.step(value, chunk.len());
         }
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
         let epoch_losses = &self.losses[first_loss..];
-        let mean = epoch_losses.iter().map(|&l| l as f64).sum::<f64>() / epoch_losses.len().max(1) as f64;
+        let mean =
+            epoch_losses.iter().map(|&l| l as f64).sum::<f64>() / epoch_losses.len().max(1) as f64;
         progress.epoch_end(self.epoch, mean, n as f64 / seconds.max(1e-9));
         tracing::info!(epoch = self.epoch, mean_loss = mean, seconds, "epoch done");
         Ok(())
+    }
+
+    /// One optimizer step on a batch: x0 [B, 1, 28, 28] in [0, 1], labels [B]. Returns the loss; a non-finite
+    /// loss stops before the update. `step_in_epoch` (1-based) is for the error message.
+    pub fn train_step(
+        &mut self,
+        x0: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+        step_in_epoch: usize,
+    ) -> Result<f32, TrainError> {
+        let device = self.device();
+        let batch = self.objective.batch(x0, labels, &mut self.rng);
+        self.adam.zero_grad();
+        let loss = autocast(self.config.precision, device, || {
+            let prediction =
+                self.model
+                    .forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
+            prediction
+                .to_kind(Kind::Float)
+                .mse_loss(&batch.target, Reduction::Mean)
+        });
+        let mut value = f32::try_from(&loss).unwrap_or(f32::NAN);
+        if self.inject_nan_at_step == Some(self.adam.step + 1) {
+            value = f32::NAN;
+        }
+        if !value.is_finite() {
+            let kept = checkpoint::latest(&self.run_dir)
+                .map(|(_, dir)| format!(": {}", dir.display()))
+                .unwrap_or_else(|_| " (none was written yet)".into());
+            return Err(TrainError::NonFinite {
+                value,
+                epoch: self.epoch + 1,
+                step: step_in_epoch,
+                global_step: self.adam.step + 1,
+                kept,
+            });
+        }
+        loss.backward();
+        self.adam.step(lr);
+        self.losses.push(value);
+        Ok(value)
     }
 
     /// Writes the checkpoint of the epoch just finished, then `losses.csv`.
@@ -242,11 +296,15 @@ impl Trainer {
             losses: self.losses.clone(),
             config: self.config.clone(),
         };
-        let dir = checkpoint::write(&self.run_dir, self.epoch, |dir: &Path| -> Result<(), TrainError> {
-            self.model.save(&dir.join(MODEL_FILE))?;
-            self.adam.save(&dir.join(OPTIMIZER_FILE))?;
-            write_json(&dir.join(STATE_FILE), &state)
-        })
+        let dir = checkpoint::write(
+            &self.run_dir,
+            self.epoch,
+            |dir: &Path| -> Result<(), TrainError> {
+                self.model.save(&dir.join(MODEL_FILE))?;
+                self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+                write_json(&dir.join(STATE_FILE), &state)
+            },
+        )
         .map_err(|e| match e {
             WriteError::Checkpoint(e) => TrainError::Checkpoint(e),
             WriteError::Fill(e) => e,
@@ -269,24 +327,38 @@ impl Trainer {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
-    write_atomic(path, text.as_bytes()).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    write_atomic(path, text.as_bytes()).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TrainError::State { path: path.clone(), message: e.to_string() })?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| TrainError::State { path: path.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     if state.format != STATE_FORMAT {
-        return Err(TrainError::State { path, message: format!("format {} is not {STATE_FORMAT}", state.format) });
+        return Err(TrainError::State {
+            path,
+            message: format!("format {} is not {STATE_FORMAT}", state.format),
+        });
     }
     Ok(state)
 }
 
 /// Reads the config of a run's newest checkpoint (for sampling and figures).
-pub fn read_run_config(run_dir: &Path, epoch: Option<usize>) -> Result<(usize, PathBuf, TrainConfig), TrainError> {
+pub fn read_run_config(
+    run_dir: &Path,
+    epoch: Option<usize>,
+) -> Result<(usize, PathBuf, TrainConfig), TrainError> {
     let (epoch, dir) = checkpoint::find(run_dir, epoch)?;
     let state = read_state(&dir)?;
     Ok((epoch, dir, state.config))
@@ -299,7 +371,11 @@ pub fn read_losses(run_dir: &Path) -> Result<Vec<f32>, TrainError> {
 }
 
 /// Loads the model of a run's checkpoint (`None` = newest) for inference.
-pub fn load_model(run_dir: &Path, epoch: Option<usize>, device: Device) -> Result<(usize, Model, TrainConfig), TrainError> {
+pub fn load_model(
+    run_dir: &Path,
+    epoch: Option<usize>,
+    device: Device,
+) -> Result<(usize, Model, TrainConfig), TrainError> {
     let (epoch, dir, config) = read_run_config(run_dir, epoch)?;
     let mut model = Model::new(&config.model, device);
     model.load(&dir.join(MODEL_FILE))?;

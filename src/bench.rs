@@ -1,0 +1,123 @@
+//! `diffuse bench`: training and sampling throughput and peak memory, measured the way `bench/pytorch_ref.py`
+//! measures PyTorch (random batches made in advance, the objective's own noise drawn inside each step, warm-up
+//! steps untimed), so the two print comparable rows.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::generate::{generate, GenerateOptions, Request, SamplerKind};
+use crate::precision::Precision;
+use crate::train::config::ModelKind;
+use crate::train::{TrainError, Trainer};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub model: ModelKind,
+    pub hidden: i64,
+    pub batch: usize,
+    pub precision: Precision,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Sampler steps timed (extrapolated to a full 300-step DDPM run of 40 digits).
+    pub sample_steps: usize,
+}
+
+/// One row of results (the JSON fields that `bench/compare.sh` reads).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub engine: &'static str,
+    pub model: &'static str,
+    pub hidden: i64,
+    pub batch: usize,
+    pub precision: Precision,
+    pub threads: usize,
+    pub device: String,
+    pub train_img_per_s: f64,
+    /// Digits per second of a full DDPM run (300 steps, 40 digits, guidance batched) for ddpm/cfg.
+    pub sample_img_per_s: Option<f64>,
+    pub sample_ms_per_step: Option<f64>,
+    pub peak_rss_mb: f64,
+}
+
+/// Digits drawn per sampling benchmark (SPEC.md: 4 of each digit).
+const SAMPLE_DIGITS: usize = 40;
+
+pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError> {
+    let mut train_config = config.model.spec_config();
+    train_config.model.hidden = config.hidden;
+    train_config.batch_size = config.batch;
+    train_config.precision = config.precision;
+    let mut trainer = Trainer::in_memory(train_config.clone(), device)?;
+    let b = config.batch as i64;
+    let x0 = Tensor::rand([b, 1, 28, 28], (Kind::Float, device));
+    let labels = Tensor::randint(10, [b], (Kind::Int64, device));
+    let lr = train_config.lr;
+    for i in 0..config.warmup {
+        trainer.train_step(&x0, &labels, lr, i + 1)?;
+    }
+    let started = Instant::now();
+    for i in 0..config.steps {
+        trainer.train_step(&x0, &labels, lr, i + 1)?;
+    }
+    let train_img_per_s = (config.steps * config.batch) as f64 / started.elapsed().as_secs_f64();
+
+    let sample_ms_per_step = match config.model {
+        ModelKind::Denoiser => None,
+        _ => Some(time_sampler_step(&trainer, config, device)),
+    };
+    let full_ddpm_steps = 300.0;
+    Ok(BenchRow {
+        engine: "diffuse",
+        model: config.model.name(),
+        hidden: config.hidden,
+        batch: config.batch,
+        precision: config.precision,
+        threads: crate::device::threads(),
+        device: crate::device::describe(device),
+        train_img_per_s,
+        sample_img_per_s: sample_ms_per_step
+            .map(|ms| SAMPLE_DIGITS as f64 / (full_ddpm_steps * ms / 1000.0)),
+        sample_ms_per_step,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Milliseconds per sampler step for 40 class-conditioned digits (guided: one forward of 80) or 40 plain ones.
+fn time_sampler_step(trainer: &Trainer, config: &BenchConfig, device: Device) -> f64 {
+    let request = if trainer.config.model.class_cond {
+        Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
+    } else {
+        Request::Unconditional(SAMPLE_DIGITS)
+    };
+    let run = |steps: usize| {
+        let options = GenerateOptions {
+            sampler: SamplerKind::Ddim,
+            steps: Some(steps),
+            precision: config.precision,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let out = generate(&trainer.model, &trainer.config, &request, &options);
+        if let Ok(out) = out {
+            // Wait for the device before stopping the clock.
+            let _ = out.images.sum(Kind::Float).double_value(&[]);
+        }
+        let _ = device;
+        started.elapsed().as_secs_f64()
+    };
+    run(2);
+    let steps = config.sample_steps.max(1);
+    run(steps) * 1000.0 / steps as f64
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

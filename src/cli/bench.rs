@@ -1,0 +1,84 @@
+//! `diffuse bench`: prints train img/s, sample img/s and peak memory per model kind, as a table or JSON lines.
+
+use clap::Args;
+
+use diffuse::bench::{self, BenchConfig};
+use diffuse::device::{self, DeviceChoice};
+use diffuse::precision::Precision;
+use diffuse::train::config::ModelKind;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model kinds to measure (repeatable) [default: all].
+    #[arg(long, value_enum)]
+    pub model: Vec<ModelKind>,
+    /// Hidden width D [default: the kind's SPEC.md value].
+    #[arg(long)]
+    pub hidden: Option<i64>,
+    /// Batch size [default: the kind's SPEC.md value].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 20)]
+    pub sample_steps: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    device::set_threads(args.threads);
+    let device = args.device.resolve()?;
+    let models = if args.model.is_empty() {
+        vec![ModelKind::Denoiser, ModelKind::Ddpm, ModelKind::Cfg]
+    } else {
+        args.model
+    };
+    if !args.json {
+        println!(
+            "{:<9} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12}",
+            "model", "D", "batch", "prec", "threads", "train img/s", "sample img/s", "peak RSS MB"
+        );
+    }
+    for model in models {
+        let spec = model.spec_config();
+        let config = BenchConfig {
+            model,
+            hidden: args.hidden.unwrap_or(spec.model.hidden),
+            batch: args.batch.unwrap_or(spec.batch_size),
+            precision: args.precision,
+            warmup: args.warmup,
+            steps: args.steps.max(1),
+            sample_steps: args.sample_steps,
+        };
+        let row = bench::run(&config, device)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            let sample = row
+                .sample_img_per_s
+                .map_or("-".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "{:<9} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12.0}",
+                row.model,
+                row.hidden,
+                row.batch,
+                format!("{:?}", row.precision).to_lowercase(),
+                row.threads,
+                row.train_img_per_s,
+                sample,
+                row.peak_rss_mb
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `diffuse sample`: draw digits from a trained run as a PNG grid, a GIF of the reverse process, and IDX files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tch::{Kind, Tensor};
+
+use diffuse::data::write_idx;
+use diffuse::device::{self, DeviceChoice};
+use diffuse::figures::gif::write_gif;
+use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
+use diffuse::generate::{generate, step_count, GenerateOptions, Request, SamplerKind};
+use diffuse::precision::Precision;
+use diffuse::run_figures::diffusion::frames_to_grids;
+use diffuse::train::trainer::load_model;
+
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct SampleArgs {
+    /// Run folder of a ddpm or cfg training run.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Checkpoint epoch [default: the newest].
+    #[arg(long)]
+    pub epoch: Option<usize>,
+    /// Digits to draw, comma-separated (class-conditioned models) [default: 0,1,...,9].
+    #[arg(long, value_delimiter = ',')]
+    pub digits: Option<Vec<u8>>,
+    /// Samples of each digit [default: 4].
+    #[arg(long)]
+    pub per_digit: Option<usize>,
+    /// Number of samples for unconditional models [default: 40].
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Classifier-free guidance scale (class-conditioned models) [default: 5].
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
+    pub sampler: SamplerKind,
+    /// DDIM steps [default: 50].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output PNG grid.
+    #[arg(long, value_name = "PNG")]
+    pub out: PathBuf,
+    /// Also write the reverse process as an animated GIF.
+    #[arg(long, value_name = "GIF")]
+    pub gif: Option<PathBuf>,
+    /// Also write PREFIX-images-idx3-ubyte (uint8 [N,28,28]) and PREFIX-labels-idx1-ubyte (the requested digits).
+    #[arg(long, value_name = "PREFIX")]
+    pub idx: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+const MAX_SAMPLES: usize = 10_000;
+
+pub fn run(args: SampleArgs) -> anyhow::Result<()> {
+    device::set_threads(args.threads);
+    let device = args.device.resolve()?;
+    let (epoch, model, config) = load_model(&args.run, args.epoch, device)
+        .with_context(|| format!("cannot load a model from {}", args.run.display()))?;
+    let class_cond = config.model.class_cond;
+    let (request, rows, cols) = if class_cond {
+        if args.n.is_some() {
+            bail!("--n is for unconditional models; this cfg model takes --digits and --per-digit");
+        }
+        let digits = args.digits.clone().unwrap_or_else(|| (0..10).collect());
+        let per_digit = args.per_digit.unwrap_or(4);
+        if per_digit == 0 || digits.is_empty() {
+            bail!("nothing to draw: --per-digit and --digits must not be empty");
+        }
+        let classes: Vec<u8> = digits
+            .iter()
+            .flat_map(|&d| std::iter::repeat_n(d, per_digit))
+            .collect();
+        (Request::Classes(classes), digits.len(), per_digit)
+    } else {
+        if args.digits.is_some() || args.per_digit.is_some() {
+            bail!(
+                "this `{}` model is not class-conditioned: use --n instead of --digits/--per-digit",
+                config.objective.name()
+            );
+        }
+        let n = args.n.unwrap_or(40);
+        if n == 0 {
+            bail!("--n must be at least 1");
+        }
+        (Request::Unconditional(n), n.div_ceil(10), n.min(10))
+    };
+    if request.len() > MAX_SAMPLES {
+        bail!(
+            "{} samples requested; at most {MAX_SAMPLES} per call",
+            request.len()
+        );
+    }
+    if args.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    if args.steps.is_some() && args.sampler == SamplerKind::Ddpm {
+        bail!("--steps applies to --sampler ddim (DDPM always takes every timestep)");
+    }
+    let mut options = GenerateOptions {
+        sampler: args.sampler,
+        steps: args.steps,
+        guidance: args.guidance.unwrap_or(5.0),
+        seed: args.seed,
+        frame_every: None,
+        precision: args.precision,
+    };
+    let steps = step_count(&config, &options);
+    if args.gif.is_some() {
+        options.frame_every = Some((steps / 30).max(1));
+    }
+    for path in [Some(&args.out), args.gif.as_ref(), args.idx.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        check_parent(path)?;
+    }
+    let started = Instant::now();
+    let output = generate(&model, &config, &request, &options)?;
+    let images = output.images.to_device(tch::Device::Cpu);
+    let seconds = started.elapsed().as_secs_f64();
+
+    // Grid: one row per digit (conditioned) or rows of 10; unconditional leftovers are padded with blanks.
+    let n = request.len() as i64;
+    let padded = pad_to(&images, (rows * cols) as i64);
+    let spec = GridSpec::mnist(rows, cols).with_scale(3);
+    let row_labels: Vec<String> = match &request {
+        Request::Classes(classes) => classes
+            .chunks(cols)
+            .map(|c| config.dataset.class_names()[c[0] as usize].to_string())
+            .collect(),
+        Request::Unconditional(_) => Vec::new(),
+    };
+    let guidance = if class_cond {
+        format!(", guidance {}", options.guidance)
+    } else {
+        String::new()
+    };
+    let title = format!(
+        "{} epoch {epoch}: {:?} {steps} steps{guidance}, seed {}",
+        config.objective.name(),
+        args.sampler,
+        args.seed
+    );
+    save_png(
+        &labelled_grid(&pixels(&padded), &spec, &row_labels, &[], Some(&title))?,
+        &args.out,
+    )?;
+    println!("{}", args.out.display());
+
+    if let Some(gif) = &args.gif {
+        let frames: Vec<Tensor> = output
+            .frames
+            .iter()
+            .map(|f| pad_to(f, (rows * cols) as i64))
+            .collect();
+        write_gif(gif, &frames_to_grids(&frames, &spec)?, 80, 2000)?;
+        println!("{}", gif.display());
+    }
+    if let Some(prefix) = &args.idx {
+        let bytes: Vec<u8> = Vec::try_from(
+            (images * 255.0)
+                .round()
+                .clamp(0.0, 255.0)
+                .to_kind(Kind::Uint8)
+                .flatten(0, -1),
+        )?;
+        let images_path = suffixed(prefix, "-images-idx3-ubyte");
+        write_idx(&images_path, &[n as usize, 28, 28], &bytes)?;
+        println!("{}", images_path.display());
+        if let Request::Classes(classes) = &request {
+            let labels_path = suffixed(prefix, "-labels-idx1-ubyte");
+            write_idx(&labels_path, &[classes.len()], classes)?;
+            println!("{}", labels_path.display());
+        }
+    }
+    eprintln!(
+        "{n} samples in {seconds:.2} s ({:.1} img/s) on {}",
+        n as f64 / seconds,
+        device::describe(device)
+    );
+    Ok(())
+}
+
+fn pad_to(images: &Tensor, total: i64) -> Tensor {
+    let n = images.size()[0];
+    if n >= total {
+        return images.shallow_clone();
+    }
+    Tensor::cat(
+        &[
+            images,
+            &images
+                .zeros_like()
+                .narrow(0, 0, 1)
+                .repeat([total - n, 1, 1, 1]),
+        ],
+        0,
+    )
+}
+
+fn pixels(images: &Tensor) -> Vec<f32> {
+    Vec::try_from(images.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default()
+}
+
+fn suffixed(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Fails before sampling (which can take a while) when an output folder is missing.
+fn check_parent(path: &Path) -> anyhow::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("output folder {} does not exist", parent.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The sampling pipeline: a trained model + its run config + what the user asked for -> digits.
+//!
+//! This is the only place that wires a model, a schedule, guidance and a sampler together; the `sample`
+//! command, training-time figures and the server all go through [`generate`].
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+use thiserror::Error;
+
+use crate::model::Model;
+use crate::precision::{autocast, Precision};
+use crate::rng::RunRng;
+use crate::sampler::guidance::Guided;
+use crate::sampler::{ddim, ddpm, Denoiser, FrameEvery, SampleOutput};
+use crate::schedule::NoiseSchedule;
+use crate::train::objective::one_hot;
+use crate::train::{Objective, TrainConfig};
+
+/// The `--sampler` flag.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// Ancestral DDPM over every timestep.
+    #[default]
+    Ddpm,
+    /// Deterministic DDIM (eta = 0) over --steps timesteps.
+    Ddim,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub sampler: SamplerKind,
+    /// DDIM step count (default 50); DDPM always takes every timestep.
+    pub steps: Option<usize>,
+    /// Guidance scale gamma for class-conditioned models (1 = no guidance).
+    pub guidance: f64,
+    pub seed: u64,
+    /// Keep an animation frame every k steps.
+    pub frame_every: Option<usize>,
+    pub precision: Precision,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerKind::Ddpm,
+            steps: None,
+            guidance: 5.0,
+            seed: 0,
+            frame_every: None,
+            precision: Precision::Fp32,
+        }
+    }
+}
+
+pub const DEFAULT_DDIM_STEPS: usize = 50;
+
+#[derive(Debug, Error)]
+pub enum GenerateError {
+    #[error("this run trains a one-step `denoiser`, which does not generate digits; sample from a ddpm or cfg run")]
+    NotGenerative,
+    #[error("this `{0}` model is not class-conditioned: it cannot be asked for specific digits (drop --digits)")]
+    NotConditioned(&'static str),
+    #[error("digit {0} is not a class (0..9)")]
+    BadDigit(u8),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// What to draw: `n` unconditional samples, or one sample per entry of `classes`.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Unconditional(usize),
+    Classes(Vec<u8>),
+}
+
+impl Request {
+    pub fn len(&self) -> usize {
+        match self {
+            Request::Unconditional(n) => *n,
+            Request::Classes(c) => c.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Draws digits from `model` (trained with `config`).
+pub fn generate(
+    model: &Model,
+    config: &TrainConfig,
+    request: &Request,
+    options: &GenerateOptions,
+) -> Result<SampleOutput, GenerateError> {
+    let schedule = match &config.objective {
+        Objective::Denoiser { .. } => return Err(GenerateError::NotGenerative),
+        objective => NoiseSchedule::new(objective.schedule().ok_or(GenerateError::NotGenerative)?),
+    };
+    if request.is_empty() {
+        return Err(GenerateError::BadRequest(
+            "nothing to generate (n = 0)".into(),
+        ));
+    }
+    if !(options.guidance.is_finite()) {
+        return Err(GenerateError::BadRequest(format!(
+            "guidance must be a finite number, got {}",
+            options.guidance
+        )));
+    }
+    let device = Denoiser::device(model);
+    let class = match (request, config.model.class_cond) {
+        (Request::Classes(classes), true) => {
+            if let Some(&bad) = classes.iter().find(|&&c| c > 9) {
+                return Err(GenerateError::BadDigit(bad));
+            }
+            let labels: Vec<i64> = classes.iter().map(|&c| c as i64).collect();
+            Some(one_hot(&Tensor::from_slice(&labels), device))
+        }
+        (Request::Classes(_), false) => {
+            return Err(GenerateError::NotConditioned(config.objective.name()))
+        }
+        // An unconditional draw from a class-conditioned model: the "no class" vector.
+        (Request::Unconditional(n), true) => {
+            Some(Tensor::zeros([*n as i64, 10], (Kind::Float, device)))
+        }
+        (Request::Unconditional(_), false) => None,
+    };
+    let n = request.len() as i64;
+    let guided = Guided {
+        inner: model,
+        gamma: options.guidance,
+    };
+    let mut rng = RunRng::new(options.seed);
+    let frames = FrameEvery(options.frame_every);
+    let output = autocast(options.precision, device, || match options.sampler {
+        SamplerKind::Ddpm => ddpm::sample(&guided, &schedule, n, class.as_ref(), &mut rng, frames),
+        SamplerKind::Ddim => {
+            let steps = options.steps.unwrap_or(DEFAULT_DDIM_STEPS);
+            ddim::sample(
+                &guided,
+                &schedule,
+                steps,
+                n,
+                class.as_ref(),
+                &mut rng,
+                frames,
+            )
+        }
+    });
+    Ok(output)
+}
+
+/// The number of network evaluations a sampler will make (for frame spacing and progress).
+pub fn step_count(config: &TrainConfig, options: &GenerateOptions) -> usize {
+    let total = config.objective.schedule().map_or(0, |s| s.timesteps);
+    match options.sampler {
+        SamplerKind::Ddpm => total,
+        SamplerKind::Ddim => options.steps.unwrap_or(DEFAULT_DDIM_STEPS).min(total),
+    }
+}

@@ -1,0 +1,111 @@
+//! Samplers: turning noise into digits with a trained denoiser.
+//!
+//! A sampler only knows the [`Denoiser`] interface, (x_t, t, class) -> prediction, never the UNet, so DDPM, DDIM
+//! and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad; the loop
+//! stays on the device and only copies to the host to grab animation frames.
+
+pub mod ddim;
+pub mod ddpm;
+pub mod guidance;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::model::Model;
+use crate::rng::RunRng;
+
+/// What a sampler calls at every step.
+pub trait Denoiser {
+    /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, 10] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
+    fn predict(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Tensor;
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+/// A trained model seen as a denoiser: eval mode (BatchNorm running statistics).
+impl Denoiser for Model {
+    fn predict(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Tensor {
+        self.forward_t(x, Some(t), class, false)
+    }
+
+    fn device(&self) -> Device {
+        Model::device(self)
+    }
+}
+
+/// Which intermediate states to keep for an animation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameEvery(pub Option<usize>);
+
+/// A sampler's result.
+pub struct SampleOutput {
+    /// [N, 1, 28, 28], clamped to [0, 1].
+    pub images: Tensor,
+    /// Intermediate x_t (clamped to [0, 1], on CPU), noisiest first, ending with the final images.
+    pub frames: Vec<Tensor>,
+}
+
+/// Collects animation frames every `every` steps (host copies happen only here).
+pub(crate) struct FrameRecorder {
+    every: Option<usize>,
+    frames: Vec<Tensor>,
+}
+
+impl FrameRecorder {
+    pub(crate) fn new(every: FrameEvery) -> Self {
+        Self {
+            every: every.0.map(|k| k.max(1)),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Offers the state after step `done` (1-based count of completed steps).
+    pub(crate) fn offer(&mut self, x: &Tensor, done: usize) {
+        if let Some(k) = self.every {
+            if done % k == 0 || done == 1 {
+                self.frames.push(to_display(x).to_device(Device::Cpu));
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self, x: &Tensor) -> SampleOutput {
+        let images = to_display(x);
+        if self.every.is_some() {
+            self.frames.push(images.to_device(Device::Cpu));
+        }
+        SampleOutput {
+            images,
+            frames: self.frames,
+        }
+    }
+}
+
+/// Images for display: float, clamped to [0, 1].
+pub fn to_display(x: &Tensor) -> Tensor {
+    x.to_kind(Kind::Float).clamp(0.0, 1.0)
+}
+
+/// Starting noise x_T ~ N(0, I) of `n` images, from the caller's stream.
+pub(crate) fn initial_noise(n: i64, rng: &mut RunRng, device: Device) -> Tensor {
+    rng.normal_tensor(&[n, 1, 28, 28], device)
+}
+
+/// A constant time vector [n] for the network.
+pub(crate) fn time_vector(n: i64, t: f64, device: Device) -> Tensor {
+    Tensor::full([n], t, (Kind::Float, device))
+}
+
+#[cfg(test)]
+pub(crate) mod dummies {
+    //! Denoisers with known outputs, for golden tests.
+    use super::*;
+
+    /// Predicts zero noise everywhere.
+    pub struct Zero;
+    impl Denoiser for Zero {
+        fn predict(&self, x: &Tensor, _t: &Tensor, _class: Option<&Tensor>) -> Tensor {
+            x.zeros_like()
+        }
+    }
+}
