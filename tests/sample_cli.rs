@@ -1,0 +1,74 @@
+//! `diffuse sample` and `diffuse figures` on a tiny real cfg run: outputs exist, IDX files round-trip, and bad
+//! requests are refused clearly.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn sample_writes_grid_gif_and_idx_and_refuses_bad_requests() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("cfg");
+    let out = run_owned(&tiny("cfg", &run_dir, &["--epochs", "1", "--timesteps", "40"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = run_dir.to_str().expect("utf8");
+    let png = tmp.path().join("grid.png");
+    let gif = tmp.path().join("anim.gif");
+    let prefix = tmp.path().join("samples");
+    let args = [
+        "sample", "--run", r, "--digits", "3,7", "--per-digit", "3", "--sampler", "ddim", "--steps", "10", "--seed", "4",
+        "--out", png.to_str().expect("utf8"), "--gif", gif.to_str().expect("utf8"), "--idx", prefix.to_str().expect("utf8"),
+    ];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let grid = image::open(&png).expect("png").to_luma8();
+    assert!(grid.width() > 4 * 28 && grid.height() > 2 * 28);
+    assert!(std::fs::metadata(&gif).expect("gif").len() > 1000);
+    let images = diffuse::data::read_idx(&tmp.path().join("samples-images-idx3-ubyte")).expect("idx images");
+    assert_eq!(images.dims, vec![6, 28, 28]);
+    let labels = diffuse::data::read_idx(&tmp.path().join("samples-labels-idx1-ubyte")).expect("idx labels");
+    assert_eq!(labels.data, vec![3, 3, 3, 7, 7, 7]);
+
+    // Same seed, same digits: sampling is deterministic.
+    let out = run(&args);
+    assert!(out.status.success());
+    let again = diffuse::data::read_idx(&tmp.path().join("samples-images-idx3-ubyte")).expect("idx images");
+    assert_eq!(images.data, again.data);
+
+    let p = png.to_str().expect("utf8");
+    assert_clean_failure(&run(&["sample", "--run", r, "--digits", "12", "--out", p]), "12");
+    assert_clean_failure(&run(&["sample", "--run", r, "--n", "5", "--out", p]), "--n");
+    assert_clean_failure(&run(&["sample", "--run", r, "--steps", "0", "--sampler", "ddim", "--out", p]), "--steps");
+    assert_clean_failure(&run(&["sample", "--run", r, "--out", "/nonexistent/dir/x.png"]), "does not exist");
+    assert_clean_failure(&run(&["sample", "--run", tmp.path().join("nothing").to_str().expect("utf8"), "--out", p]), "no checkpoint");
+}
+
+#[test]
+fn figures_are_written_by_training_and_regenerated_from_checkpoints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("den");
+    let mut args = tiny("denoiser", &run_dir, &["--epochs", "2"]);
+    args.retain(|a| a != "--no-figures");
+    let out = run_owned(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let figures = run_dir.join("figures");
+    let expected = ["noising.png", "loss.png", "denoised-epoch-001.png", "denoised-epoch-002.png", "ood.png"];
+    for name in expected {
+        assert!(figures.join(name).exists(), "{name} missing after training");
+    }
+    std::fs::remove_dir_all(&figures).expect("rm");
+    let out = run(&["figures", run_dir.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in expected {
+        assert!(figures.join(name).exists(), "{name} not regenerated");
+    }
+
+    let ddpm = tmp.path().join("ddpm");
+    let mut args = tiny("ddpm", &ddpm, &["--epochs", "1", "--timesteps", "20"]);
+    args.retain(|a| a != "--no-figures");
+    let out = run_owned(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["loss.png", "samples-epoch-001.png", "reverse.gif"] {
+        assert!(ddpm.join("figures").join(name).exists(), "{name} missing after ddpm training");
+    }
+}
