@@ -3,15 +3,14 @@
 //! - rustc links with `--as-needed`, which drops `libtorch_cuda.so` (nothing references it directly), so CUDA would
 //!   never be seen on a GPU machine. It is linked explicitly whenever the libtorch in use ships it.
 //! - An rpath to libtorch's folder lets the binary start here without LD_LIBRARY_PATH.
-//! - `csrc/autocast_shim.cpp` is compiled against the same libtorch headers.
+//! - `csrc/libtorch_shim.cpp` (autocast and channels-last, which tch does not expose) is compiled against the same
+//!   libtorch headers.
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/autocast_shim.cpp");
-    let lib_dir = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not report the libtorch folder"),
-    );
+    println!("cargo:rerun-if-changed=csrc/libtorch_shim.cpp");
+    let lib_dir =
+        PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch folder"));
     if lib_dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
@@ -31,6 +30,6 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .file("csrc/autocast_shim.cpp")
-        .compile("diffuse_autocast");
+        .file("csrc/libtorch_shim.cpp")
+        .compile("diffuse_shim");
 }

@@ -77,8 +77,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
         threads: crate::device::threads(),
         device: crate::device::describe(device),
         train_img_per_s,
-        sample_img_per_s: sample_ms_per_step
-            .map(|ms| SAMPLE_DIGITS as f64 / (full_ddpm_steps * ms / 1000.0)),
+        sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_ddpm_steps * ms / 1000.0)),
         sample_ms_per_step,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -59,10 +59,7 @@ pub fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointError> {
             let name = entry.file_name().into_string().ok()?;
             let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
             let path = entry.path();
-            FILES
-                .iter()
-                .all(|f| path.join(f).is_file())
-                .then_some((epoch, path))
+            FILES.iter().all(|f| path.join(f).is_file()).then_some((epoch, path))
         })
         .collect();
     found.sort();
@@ -91,11 +88,7 @@ pub fn find(run_dir: &Path, epoch: Option<usize>) -> Result<(usize, PathBuf), Ch
         .ok_or_else(|| CheckpointError::NoSuchEpoch {
             path: run_dir.to_path_buf(),
             epoch,
-            available: all
-                .iter()
-                .map(|(e, _)| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: all.iter().map(|(e, _)| e.to_string()).collect::<Vec<_>>().join(", "),
         })
 }
 
@@ -119,9 +112,7 @@ pub fn write<E>(
     let committed = fill(&partial).map_err(WriteError::Fill).and_then(|()| {
         for file in FILES {
             let path = partial.join(file);
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&path))?;
+            fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
         }
         sync_dir(&partial).map_err(io(&partial))?;
         if final_dir.exists() {

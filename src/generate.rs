@@ -99,9 +99,7 @@ pub fn generate(
         objective => NoiseSchedule::new(objective.schedule().ok_or(GenerateError::NotGenerative)?),
     };
     if request.is_empty() {
-        return Err(GenerateError::BadRequest(
-            "nothing to generate (n = 0)".into(),
-        ));
+        return Err(GenerateError::BadRequest("nothing to generate (n = 0)".into()));
     }
     if !(options.guidance.is_finite()) {
         return Err(GenerateError::BadRequest(format!(
@@ -118,13 +116,9 @@ pub fn generate(
             let labels: Vec<i64> = classes.iter().map(|&c| c as i64).collect();
             Some(one_hot(&Tensor::from_slice(&labels), device))
         }
-        (Request::Classes(_), false) => {
-            return Err(GenerateError::NotConditioned(config.objective.name()))
-        }
+        (Request::Classes(_), false) => return Err(GenerateError::NotConditioned(config.objective.name())),
         // An unconditional draw from a class-conditioned model: the "no class" vector.
-        (Request::Unconditional(n), true) => {
-            Some(Tensor::zeros([*n as i64, 10], (Kind::Float, device)))
-        }
+        (Request::Unconditional(n), true) => Some(Tensor::zeros([*n as i64, 10], (Kind::Float, device))),
         (Request::Unconditional(_), false) => None,
     };
     let n = request.len() as i64;
@@ -138,15 +132,7 @@ pub fn generate(
         SamplerKind::Ddpm => ddpm::sample(&guided, &schedule, n, class.as_ref(), &mut rng, frames),
         SamplerKind::Ddim => {
             let steps = options.steps.unwrap_or(DEFAULT_DDIM_STEPS);
-            ddim::sample(
-                &guided,
-                &schedule,
-                steps,
-                n,
-                class.as_ref(),
-                &mut rng,
-                frames,
-            )
+            ddim::sample(&guided, &schedule, steps, n, class.as_ref(), &mut rng, frames)
         }
     });
     Ok(output)

@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod figures;
 pub mod generate;
+pub mod layout;
 pub mod model;
 pub mod optim;
 pub mod precision;

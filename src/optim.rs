@@ -41,14 +41,8 @@ pub struct Adam {
 impl Adam {
     /// `params` are (name, tensor) pairs; names key the moments in saved state.
     pub fn new(params: Vec<(String, Tensor)>, config: AdamConfig) -> Self {
-        let exp_avg = params
-            .iter()
-            .map(|(_, p)| p.zeros_like().detach())
-            .collect();
-        let exp_avg_sq = params
-            .iter()
-            .map(|(_, p)| p.zeros_like().detach())
-            .collect();
+        let exp_avg = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
+        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
         Self {
             config,
             params,
@@ -73,12 +67,7 @@ impl Adam {
         let sqrt_bias_correction2 = (1.0 - beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias_correction1;
         tch::no_grad(|| {
-            for (((_, p), m), v) in self
-                .params
-                .iter_mut()
-                .zip(&mut self.exp_avg)
-                .zip(&mut self.exp_avg_sq)
-            {
+            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
                 let g = p.grad();
                 if !g.defined() {
                     continue;

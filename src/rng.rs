@@ -35,17 +35,13 @@ impl RunRng {
 
     /// `n` standard normal values.
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| StandardNormal.sample(&mut self.inner))
-            .collect()
+        (0..n).map(|_| StandardNormal.sample(&mut self.inner)).collect()
     }
 
     /// A standard normal tensor of the given shape, float32, on `device`.
     pub fn normal_tensor(&mut self, shape: &[i64], device: Device) -> Tensor {
         let n = shape.iter().product::<i64>() as usize;
-        Tensor::from_slice(&self.normals(n))
-            .reshape(shape)
-            .to_device(device)
+        Tensor::from_slice(&self.normals(n)).reshape(shape).to_device(device)
     }
 
     /// `n` integers uniform in `0..upper`.
@@ -60,9 +56,7 @@ impl RunRng {
 
     /// `n` Bernoulli draws with probability `p` of `true`.
     pub fn bernoullis(&mut self, n: usize, p: f64) -> Vec<bool> {
-        (0..n)
-            .map(|_| self.inner.random_bool(p.clamp(0.0, 1.0)))
-            .collect()
+        (0..n).map(|_| self.inner.random_bool(p.clamp(0.0, 1.0))).collect()
     }
 
     /// A seed for a derived stream (e.g. libtorch's weight initialisation).
@@ -92,10 +86,7 @@ mod tests {
         let saved = serde_json::to_string(&a).expect("serialise");
         let mut restored: RunRng = serde_json::from_str(&saved).expect("deserialise");
         assert_eq!(a.normals(10), restored.normals(10));
-        assert_ne!(
-            RunRng::new(8).permutation(100),
-            RunRng::new(7).permutation(100)
-        );
+        assert_ne!(RunRng::new(8).permutation(100), RunRng::new(7).permutation(100));
     }
 
     #[test]

@@ -49,11 +49,7 @@ impl NoiseSchedule {
         let n = config.timesteps;
         let betas: Vec<f64> = (0..n)
             .map(|i| {
-                let frac = if n > 1 {
-                    i as f64 / (n - 1) as f64
-                } else {
-                    0.0
-                };
+                let frac = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
                 config.beta_start + frac * (config.beta_end - config.beta_start)
             })
             .collect();
@@ -65,10 +61,7 @@ impl NoiseSchedule {
                 Some(*acc)
             })
             .collect();
-        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0)
-            .chain(alpha_bar.iter().copied())
-            .take(n)
-            .collect();
+        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0).chain(alpha_bar.iter().copied()).take(n).collect();
         let posterior_variance = (0..n)
             .map(|t| betas[t] * (1.0 - alpha_bar_prev[t]) / (1.0 - alpha_bar[t]))
             .collect();
@@ -165,10 +158,7 @@ mod tests {
             let ab_prev: f64 = s.alphas[..t].iter().product();
             assert!((s.posterior_variance[t] - b * (1.0 - ab_prev) / (1.0 - ab)).abs() < 1e-15);
             assert!((s.posterior_mean_coef_x0[t] - ab_prev.sqrt() * b / (1.0 - ab)).abs() < 1e-12);
-            assert!(
-                (s.posterior_mean_coef_xt[t] - a.sqrt() * (1.0 - ab_prev) / (1.0 - ab)).abs()
-                    < 1e-12
-            );
+            assert!((s.posterior_mean_coef_xt[t] - a.sqrt() * (1.0 - ab_prev) / (1.0 - ab)).abs() < 1e-12);
             assert!(s.posterior_variance[t] < b);
         }
     }

@@ -145,10 +145,7 @@ mod tests {
             "a.weight".to_string(),
             Tensor::randn([3, 4], (Kind::Float, Device::Cpu)),
         );
-        m.insert(
-            "b.bias".to_string(),
-            Tensor::randn([5], (Kind::Float, Device::Cpu)),
-        );
+        m.insert("b.bias".to_string(), Tensor::randn([5], (Kind::Float, Device::Cpu)));
         m
     }
 
@@ -158,10 +155,7 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let saved = sample();
         write(&path, &saved).expect("write");
-        let targets: BTreeMap<String, Tensor> = saved
-            .iter()
-            .map(|(k, v)| (k.clone(), v.zeros_like()))
-            .collect();
+        let targets: BTreeMap<String, Tensor> = saved.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
         load_into(&path, &targets).expect("load");
         for (name, t) in &saved {
             assert!(t.equal(&targets[name]), "{name}");
@@ -177,14 +171,8 @@ mod tests {
         write(&path, &sample()).expect("write");
 
         let mut more = sample();
-        more.insert(
-            "c".to_string(),
-            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
-        );
-        assert!(matches!(
-            load_into(&path, &more),
-            Err(TensorFileError::Missing { .. })
-        ));
+        more.insert("c".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu)));
+        assert!(matches!(load_into(&path, &more), Err(TensorFileError::Missing { .. })));
 
         let mut fewer = sample();
         fewer.remove("b.bias");

@@ -26,22 +26,13 @@ fn flags_are_validated_before_anything_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
     let o = out.to_str().expect("utf8");
-    assert_clean_failure(
-        &run(&["train", "denoiser", "--epochs", "0", "--out", o]),
-        "--epochs",
-    );
+    assert_clean_failure(&run(&["train", "denoiser", "--epochs", "0", "--out", o]), "--epochs");
     assert_clean_failure(
         &run(&["train", "denoiser", "--epochs", "three", "--out", o]),
         "--epochs",
     );
-    assert_clean_failure(
-        &run(&["train", "denoiser", "--lr", "-1", "--out", o]),
-        "--lr",
-    );
-    assert_clean_failure(
-        &run(&["train", "cfg", "--p-uncond", "1.5", "--out", o]),
-        "--p-uncond",
-    );
+    assert_clean_failure(&run(&["train", "denoiser", "--lr", "-1", "--out", o]), "--lr");
+    assert_clean_failure(&run(&["train", "cfg", "--p-uncond", "1.5", "--out", o]), "--p-uncond");
     assert_clean_failure(&run(&["train", "denoiser", "--nonsense"]), "--nonsense");
     assert!(!out.exists(), "a rejected command created its run folder");
 }
@@ -52,10 +43,7 @@ fn unwritable_out_is_a_clear_error() {
     let file = tmp.path().join("a-file");
     fs::write(&file, b"x").expect("write");
     let out = file.join("run");
-    assert_clean_failure(
-        &run_owned(&tiny("denoiser", &out, &["--epochs", "1"])),
-        "cannot",
-    );
+    assert_clean_failure(&run_owned(&tiny("denoiser", &out, &["--epochs", "1"])), "cannot");
 }
 
 #[test]
@@ -65,11 +53,7 @@ fn missing_truncated_and_wrong_magic_idx_files() {
     let d = data.to_str().expect("utf8").to_string();
     let train = |name: &str| {
         let out = tmp.path().join(name);
-        run_owned(&tiny(
-            "denoiser",
-            &out,
-            &["--epochs", "1", "--data-dir", &d],
-        ))
+        run_owned(&tiny("denoiser", &out, &["--epochs", "1", "--data-dir", &d]))
     };
 
     fs::remove_file(data.join("t10k-labels-idx1-ubyte.gz")).expect("rm");
@@ -126,7 +110,5 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     fs::write(&model, &good).expect("restore");
     let out = run(&["train", "denoiser", "--resume", r, "--no-figures"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(run_dir
-        .join("checkpoints/epoch-003/model.safetensors")
-        .exists());
+    assert!(run_dir.join("checkpoints/epoch-003/model.safetensors").exists());
 }

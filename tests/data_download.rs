@@ -82,10 +82,7 @@ fn broken_mirror_routes() -> Vec<(&'static str, Vec<u8>)> {
     let truncated = wrong_content[..wrong_content.len() / 2].to_vec();
     vec![
         ("missing", Vec::new()),
-        (
-            "html",
-            b"<html><body>Service unavailable</body></html>".to_vec(),
-        ),
+        ("html", b"<html><body>Service unavailable</body></html>".to_vec()),
         ("truncated", truncated),
         ("wrong", wrong_content),
     ]
@@ -162,11 +159,7 @@ fn falls_back_past_broken_mirrors_and_verifies_every_file() {
     // A corrupt copy must be replaced, and a leftover from a crashed run must not survive.
     let corrupt = dir.path().join("t10k-labels-idx1-ubyte.gz");
     std::fs::write(&corrupt, b"\x1f\x8bnot really").expect("write");
-    std::fs::write(
-        dir.path().join(".t10k-images-idx3-ubyte.gz.partial"),
-        b"stale",
-    )
-    .expect("write");
+    std::fs::write(dir.path().join(".t10k-images-idx3-ubyte.gz.partial"), b"stale").expect("write");
 
     let report = download(dir.path(), &mirrors).expect("the good mirror has every file");
     for outcome in &report.files {
@@ -180,20 +173,13 @@ fn falls_back_past_broken_mirrors_and_verifies_every_file() {
         .map(|(n, _)| OsString::from(format!("{n}.gz")))
         .collect();
     expected.sort();
-    assert_eq!(
-        names_in(dir.path()),
-        expected,
-        "no .partial or stray file may remain"
-    );
+    assert_eq!(names_in(dir.path()), expected, "no .partial or stray file may remain");
     let check = check_dir(dir.path()).expect("dir exists");
     assert!(check.is_mnist(), "{check}");
 
     // Everything is now present: a second run needs no network at all.
     let again = download(dir.path(), &[refused_mirror()]).expect("nothing to fetch");
-    assert!(again
-        .files
-        .iter()
-        .all(|o| o.action == DownloadAction::AlreadyPresent));
+    assert!(again.files.iter().all(|o| o.action == DownloadAction::AlreadyPresent));
     assert!(again.to_string().contains("already present"));
 }
 
@@ -211,19 +197,12 @@ fn only_broken_mirrors_fail_with_each_reason_and_leave_nothing() {
     assert!(matches!(attempts[0].error, MirrorError::Status(404)), "{e}");
     assert!(matches!(attempts[1].error, MirrorError::NotGzip), "{e}");
     assert!(matches!(attempts[2].error, MirrorError::Corrupt(_)), "{e}");
-    assert!(
-        matches!(attempts[3].error, MirrorError::Checksum { .. }),
-        "{e}"
-    );
+    assert!(matches!(attempts[3].error, MirrorError::Checksum { .. }), "{e}");
     let msg = e.to_string();
     for mirror in &broken {
         assert!(msg.contains(mirror.as_str()), "{msg}");
     }
-    assert_eq!(
-        names_in(&target),
-        Vec::<OsString>::new(),
-        "nothing partial may remain"
-    );
+    assert_eq!(names_in(&target), Vec::<OsString>::new(), "nothing partial may remain");
 }
 
 #[test]

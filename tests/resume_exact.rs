@@ -11,8 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 
 fn checkpoint_bytes(run: &Path, epoch: usize, file: &str) -> Vec<u8> {
-    fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}")))
-        .expect("read checkpoint file")
+    fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}"))).expect("read checkpoint file")
 }
 
 /// A pseudo-random delay from the clock, so each test run kills at a different moment.
@@ -34,10 +33,7 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
         .expect("spawn");
     let started = Instant::now();
     while !killed.join("checkpoints/epoch-001/state.json").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "epoch 1 never finished"
-        );
+        assert!(started.elapsed() < Duration::from_secs(300), "epoch 1 never finished");
         assert!(
             child.try_wait().expect("wait").is_none(),
             "training exited before epoch 1 was saved"
@@ -51,13 +47,10 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
     eprintln!("{kind}: killed during epoch 2: {still_running}");
     if still_running {
         assert!(
-            !killed
-                .join("checkpoints/epoch-002/model.safetensors")
-                .exists()
-                || {
-                    // The kill may land after the epoch-2 commit; then the checkpoint must be whole (resume sees it).
-                    killed.join("checkpoints/epoch-002/state.json").exists()
-                }
+            !killed.join("checkpoints/epoch-002/model.safetensors").exists() || {
+                // The kill may land after the epoch-2 commit; then the checkpoint must be whole (resume sees it).
+                killed.join("checkpoints/epoch-002/state.json").exists()
+            }
         );
     }
     let resumed = run(&[
@@ -69,11 +62,7 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
         "2",
         "--no-figures",
     ]);
-    assert!(
-        resumed.status.success(),
-        "resume failed: {}",
-        stderr(&resumed)
-    );
+    assert!(resumed.status.success(), "resume failed: {}", stderr(&resumed));
 
     for file in ["model.safetensors", "optimizer.safetensors"] {
         assert!(
@@ -103,11 +92,7 @@ fn sigkill_during_epoch_two_then_resume_is_byte_identical() {
             checkpoint_bytes(&other, 1, "model.safetensors")
         );
 
-        kill_during_epoch_two_then_resume(
-            kind,
-            &straight,
-            &tmp.path().join(format!("{kind}-killed")),
-        );
+        kill_during_epoch_two_then_resume(kind, &straight, &tmp.path().join(format!("{kind}-killed")));
     }
 }
 
@@ -119,16 +104,10 @@ fn resume_refuses_another_kind_and_changed_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     let r = run_dir.to_str().expect("utf8");
     assert_clean_failure(&run(&["train", "ddpm", "--resume", r]), "denoiser");
-    assert_clean_failure(
-        &run(&["train", "denoiser", "--resume", r, "--lr", "0.1"]),
-        "--lr",
-    );
+    assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--lr", "0.1"]), "--lr");
     // A finished run resumes to nothing, successfully.
     let again = run(&["train", "denoiser", "--resume", r]);
     assert!(again.status.success(), "{}", stderr(&again));
     // Starting a new run over it is refused.
-    assert_clean_failure(
-        &run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"])),
-        "--resume",
-    );
+    assert_clean_failure(&run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"])), "--resume");
 }

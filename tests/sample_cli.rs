@@ -16,8 +16,25 @@ fn sample_writes_grid_gif_and_idx_and_refuses_bad_requests() {
     let gif = tmp.path().join("anim.gif");
     let prefix = tmp.path().join("samples");
     let args = [
-        "sample", "--run", r, "--digits", "3,7", "--per-digit", "3", "--sampler", "ddim", "--steps", "10", "--seed", "4",
-        "--out", png.to_str().expect("utf8"), "--gif", gif.to_str().expect("utf8"), "--idx", prefix.to_str().expect("utf8"),
+        "sample",
+        "--run",
+        r,
+        "--digits",
+        "3,7",
+        "--per-digit",
+        "3",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--seed",
+        "4",
+        "--out",
+        png.to_str().expect("utf8"),
+        "--gif",
+        gif.to_str().expect("utf8"),
+        "--idx",
+        prefix.to_str().expect("utf8"),
     ];
     let out = run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -38,9 +55,24 @@ fn sample_writes_grid_gif_and_idx_and_refuses_bad_requests() {
     let p = png.to_str().expect("utf8");
     assert_clean_failure(&run(&["sample", "--run", r, "--digits", "12", "--out", p]), "12");
     assert_clean_failure(&run(&["sample", "--run", r, "--n", "5", "--out", p]), "--n");
-    assert_clean_failure(&run(&["sample", "--run", r, "--steps", "0", "--sampler", "ddim", "--out", p]), "--steps");
-    assert_clean_failure(&run(&["sample", "--run", r, "--out", "/nonexistent/dir/x.png"]), "does not exist");
-    assert_clean_failure(&run(&["sample", "--run", tmp.path().join("nothing").to_str().expect("utf8"), "--out", p]), "no checkpoint");
+    assert_clean_failure(
+        &run(&["sample", "--run", r, "--steps", "0", "--sampler", "ddim", "--out", p]),
+        "--steps",
+    );
+    assert_clean_failure(
+        &run(&["sample", "--run", r, "--out", "/nonexistent/dir/x.png"]),
+        "does not exist",
+    );
+    assert_clean_failure(
+        &run(&[
+            "sample",
+            "--run",
+            tmp.path().join("nothing").to_str().expect("utf8"),
+            "--out",
+            p,
+        ]),
+        "no checkpoint",
+    );
 }
 
 #[test]
@@ -52,7 +84,13 @@ fn figures_are_written_by_training_and_regenerated_from_checkpoints() {
     let out = run_owned(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let figures = run_dir.join("figures");
-    let expected = ["noising.png", "loss.png", "denoised-epoch-001.png", "denoised-epoch-002.png", "ood.png"];
+    let expected = [
+        "noising.png",
+        "loss.png",
+        "denoised-epoch-001.png",
+        "denoised-epoch-002.png",
+        "ood.png",
+    ];
     for name in expected {
         assert!(figures.join(name).exists(), "{name} missing after training");
     }
@@ -69,6 +107,9 @@ fn figures_are_written_by_training_and_regenerated_from_checkpoints() {
     let out = run_owned(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     for name in ["loss.png", "samples-epoch-001.png", "reverse.gif"] {
-        assert!(ddpm.join("figures").join(name).exists(), "{name} missing after ddpm training");
+        assert!(
+            ddpm.join("figures").join(name).exists(),
+            "{name} missing after ddpm training"
+        );
     }
 }

@@ -64,9 +64,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
-            let sample = row
-                .sample_img_per_s
-                .map_or("-".to_string(), |v| format!("{v:.3}"));
+            let sample = row.sample_img_per_s.map_or("-".to_string(), |v| format!("{v:.3}"));
             println!(
                 "{:<9} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12.0}",
                 row.model,

@@ -36,15 +36,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
         DataCommand::Download(args) => {
             let dir = data::resolve_data_dir(args.dir.data_dir.as_deref());
             let mirrors: Vec<String> = if args.mirrors.is_empty() {
-                data::DEFAULT_MIRRORS
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect()
+                data::DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect()
             } else {
                 args.mirrors
             };
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let report = data::download(&dir, &mirrors)?;
             println!("{report}");
             Ok(())

@@ -27,11 +27,9 @@ impl Bars {
 impl Progress for Bars {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
         let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("{epoch}/{epochs}"));
         self.bar = Some(bar);

@@ -78,10 +78,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         if per_digit == 0 || digits.is_empty() {
             bail!("nothing to draw: --per-digit and --digits must not be empty");
         }
-        let classes: Vec<u8> = digits
-            .iter()
-            .flat_map(|&d| std::iter::repeat_n(d, per_digit))
-            .collect();
+        let classes: Vec<u8> = digits.iter().flat_map(|&d| std::iter::repeat_n(d, per_digit)).collect();
         (Request::Classes(classes), digits.len(), per_digit)
     } else {
         if args.digits.is_some() || args.per_digit.is_some() {
@@ -97,10 +94,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         (Request::Unconditional(n), n.div_ceil(10), n.min(10))
     };
     if request.len() > MAX_SAMPLES {
-        bail!(
-            "{} samples requested; at most {MAX_SAMPLES} per call",
-            request.len()
-        );
+        bail!("{} samples requested; at most {MAX_SAMPLES} per call", request.len());
     }
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
@@ -160,11 +154,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     println!("{}", args.out.display());
 
     if let Some(gif) = &args.gif {
-        let frames: Vec<Tensor> = output
-            .frames
-            .iter()
-            .map(|f| pad_to(f, (rows * cols) as i64))
-            .collect();
+        let frames: Vec<Tensor> = output.frames.iter().map(|f| pad_to(f, (rows * cols) as i64)).collect();
         write_gif(gif, &frames_to_grids(&frames, &spec)?, 80, 2000)?;
         println!("{}", gif.display());
     }
@@ -201,10 +191,7 @@ fn pad_to(images: &Tensor, total: i64) -> Tensor {
     Tensor::cat(
         &[
             images,
-            &images
-                .zeros_like()
-                .narrow(0, 0, 1)
-                .repeat([total - n, 1, 1, 1]),
+            &images.zeros_like().narrow(0, 0, 1).repeat([total - n, 1, 1, 1]),
         ],
         0,
     )

@@ -118,9 +118,7 @@ impl ScheduleArgs {
     fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
         self.timesteps.is_some().then(|| given.push("--timesteps"));
-        self.beta_start
-            .is_some()
-            .then(|| given.push("--beta-start"));
+        self.beta_start.is_some().then(|| given.push("--beta-start"));
         self.beta_end.is_some().then(|| given.push("--beta-end"));
         given
     }
@@ -171,11 +169,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             if let Some(sigma) = sigma {
                 config.objective = Objective::Denoiser { sigma };
             }
-            let given = if sigma.is_some() {
-                vec!["--sigma"]
-            } else {
-                vec![]
-            };
+            let given = if sigma.is_some() { vec!["--sigma"] } else { vec![] };
             (common, config, given)
         }
         TrainCommand::Ddpm { common, schedule } => {
@@ -205,11 +199,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     train(common, config, extra_given)
 }
 
-fn train(
-    common: CommonArgs,
-    config: TrainConfig,
-    extra_given: Vec<&'static str>,
-) -> anyhow::Result<()> {
+fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>) -> anyhow::Result<()> {
     device::set_threads(common.threads);
     let device = common.device.resolve()?;
     let kind = config.objective.name();
@@ -222,8 +212,8 @@ fn train(
                 given.join(", ")
             );
         }
-        let trainer = Trainer::resume(run_dir, kind, device)
-            .with_context(|| format!("cannot resume {}", run_dir.display()))?;
+        let trainer =
+            Trainer::resume(run_dir, kind, device).with_context(|| format!("cannot resume {}", run_dir.display()))?;
         if trainer.is_finished() {
             eprintln!(
                 "{} is already complete ({} epochs); nothing to train",
@@ -232,42 +222,29 @@ fn train(
             );
             return Ok(());
         }
-        eprintln!(
-            "resuming {} after epoch {}",
-            run_dir.display(),
-            trainer.epoch
-        );
+        eprintln!("resuming {} after epoch {}", run_dir.display(), trainer.epoch);
         trainer
     } else {
         config.validate().map_err(anyhow::Error::msg)?;
-        let run_dir = common
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(kind));
+        let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, &run_dir, device)?
     };
     trainer.inject_nan_at_step = common.inject_nan_at_step;
 
-    let data_dir = trainer
-        .config
-        .dataset
-        .resolve_dir(common.data_dir.as_deref());
+    let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;
     let test_digits = load_split(&data_dir, Split::Test)?;
     let data = TrainData::new(&train_digits, device);
     eprintln!(
         "training {kind} ({} parameters) on {} images from {} on {}, run folder {}",
         trainer.model.parameter_count(),
-        trainer
-            .config
-            .subset
-            .map_or(data.len(), |s| s.min(data.len())),
+        trainer.config.subset.map_or(data.len(), |s| s.min(data.len())),
         data_dir.display(),
         device::describe(device),
         trainer.run_dir.display()
     );
-    let figures = (!common.no_figures)
-        .then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
+    let figures =
+        (!common.no_figures).then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
     if let (Some(figures), 0) = (&figures, trainer.epoch) {
         figures.before_training().context("cannot draw figures")?;
     }

@@ -77,30 +77,16 @@ impl fmt::Display for CheckReport {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             None => c.name.to_string(),
         };
-        let width = self
-            .files
-            .iter()
-            .map(|c| file_of(c).len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
+        let width = self.files.iter().map(|c| file_of(c).len()).max().unwrap_or(0).max(4);
         writeln!(
             f,
             "{:width$}  {:12}  {:32}  status",
             "file", "shape", "md5 (uncompressed)"
         )?;
         for c in &self.files {
-            let shape = c
-                .dims
-                .as_deref()
-                .map_or_else(|| "-".to_string(), idx::fmt_dims);
+            let shape = c.dims.as_deref().map_or_else(|| "-".to_string(), idx::fmt_dims);
             let md5 = c.md5.as_deref().unwrap_or("-");
-            writeln!(
-                f,
-                "{:width$}  {shape:12}  {md5:32}  {}",
-                file_of(c),
-                c.status
-            )?;
+            writeln!(f, "{:width$}  {shape:12}  {md5:32}  {}", file_of(c), c.status)?;
         }
         if self.is_mnist() {
             write!(f, "all 4 files are MNIST")
@@ -121,9 +107,7 @@ impl fmt::Display for CheckReport {
 /// row; only a missing folder is an error.
 pub fn check_dir(dir: &Path) -> Result<CheckReport, DataError> {
     if !dir.is_dir() {
-        return Err(DataError::MissingDir {
-            dir: dir.to_path_buf(),
-        });
+        return Err(DataError::MissingDir { dir: dir.to_path_buf() });
     }
     let files = MNIST_MD5_UNCOMPRESSED
         .iter()
@@ -174,11 +158,7 @@ fn official_shape_problem(name: &str, array: &IdxArray) -> Option<String> {
         Split::Test.official_len()
     };
     let is_images = name.contains("images");
-    let expected = if is_images {
-        vec![n, SIDE, SIDE]
-    } else {
-        vec![n]
-    };
+    let expected = if is_images { vec![n, SIDE, SIDE] } else { vec![n] };
     if array.dims != expected {
         let (want, got) = (idx::fmt_dims(&expected), idx::fmt_dims(&array.dims));
         return Some(format!("expected shape {want}, found {got}"));
@@ -187,10 +167,7 @@ fn official_shape_problem(name: &str, array: &IdxArray) -> Option<String> {
         return None;
     }
     let bad = array.data.iter().position(|&l| l >= NUM_CLASSES)?;
-    Some(format!(
-        "label {} at index {bad} is not 0..=9",
-        array.data[bad]
-    ))
+    Some(format!("label {} at index {bad} is not 0..=9", array.data[bad]))
 }
 
 #[cfg(test)]

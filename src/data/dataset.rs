@@ -34,8 +34,7 @@ impl Dataset {
         match self {
             Dataset::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
             Dataset::FashionMnist => [
-                "T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                "Bag", "Boot",
+                "T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot",
             ],
         }
     }

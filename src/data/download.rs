@@ -56,10 +56,7 @@ pub struct MirrorAttempt {
 }
 
 pub(crate) fn fmt_attempts(attempts: &[MirrorAttempt]) -> String {
-    let parts: Vec<String> = attempts
-        .iter()
-        .map(|a| format!("{} ({})", a.mirror, a.error))
-        .collect();
+    let parts: Vec<String> = attempts.iter().map(|a| format!("{} ({})", a.mirror, a.error)).collect();
     parts.join("; ")
 }
 
@@ -99,10 +96,9 @@ impl fmt::Display for DownloadReport {
                 .map_or_else(|| o.name.into(), |n| n.to_string_lossy());
             match &o.action {
                 DownloadAction::AlreadyPresent => write!(f, "{file:28}  already present, MD5 ok")?,
-                DownloadAction::Downloaded { mirror, bytes } => write!(
-                    f,
-                    "{file:28}  downloaded {bytes} bytes from {mirror}, MD5 ok"
-                )?,
+                DownloadAction::Downloaded { mirror, bytes } => {
+                    write!(f, "{file:28}  downloaded {bytes} bytes from {mirror}, MD5 ok")?
+                }
             }
             if i + 1 < self.files.len() {
                 writeln!(f)?;
@@ -189,12 +185,11 @@ fn fetch_from_mirrors(
         let url = file_url(mirror, &gz_name);
         tracing::info!(%url, "downloading");
         // Created per attempt, so a failed attempt's bytes are deleted before the next one starts.
-        let mut partial =
-            PartialFile::create(partial_path.clone()).map_err(|error| DataError::Io {
-                action: "create",
-                path: partial_path.clone(),
-                error,
-            })?;
+        let mut partial = PartialFile::create(partial_path.clone()).map_err(|error| DataError::Io {
+            action: "create",
+            path: partial_path.clone(),
+            error,
+        })?;
         match fetch_one(agent, &url, &mut partial, md5) {
             Ok(bytes) => {
                 partial.commit(&dest).map_err(|error| DataError::Io {
@@ -229,12 +224,7 @@ fn fetch_from_mirrors(
 
 /// Streams `url` into `partial`, then checks it is gzip whose content has MD5 `md5`. Returns the
 /// compressed size.
-fn fetch_one(
-    agent: &ureq::Agent,
-    url: &str,
-    partial: &mut PartialFile,
-    md5: &str,
-) -> Result<u64, MirrorError> {
+fn fetch_one(agent: &ureq::Agent, url: &str, partial: &mut PartialFile, md5: &str) -> Result<u64, MirrorError> {
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(code) => MirrorError::Status(code),
         e => MirrorError::Request(e),
@@ -273,14 +263,8 @@ mod tests {
     #[test]
     fn mirror_urls_with_and_without_trailing_slash() {
         let want = "http://h/mnist/t10k-labels-idx1-ubyte.gz";
-        assert_eq!(
-            file_url("http://h/mnist/", "t10k-labels-idx1-ubyte.gz"),
-            want
-        );
-        assert_eq!(
-            file_url("http://h/mnist", "t10k-labels-idx1-ubyte.gz"),
-            want
-        );
+        assert_eq!(file_url("http://h/mnist/", "t10k-labels-idx1-ubyte.gz"), want);
+        assert_eq!(file_url("http://h/mnist", "t10k-labels-idx1-ubyte.gz"), want);
     }
 
     #[test]

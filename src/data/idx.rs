@@ -59,10 +59,7 @@ pub enum IdxError {
         fmt_dims(dims)
     )]
     TooLarge { dims: Vec<usize> },
-    #[error(
-        "data has {actual} bytes but dimensions {} need {expected}",
-        fmt_dims(dims)
-    )]
+    #[error("data has {actual} bytes but dimensions {} need {expected}", fmt_dims(dims))]
     LengthMismatch {
         dims: Vec<usize>,
         expected: usize,
@@ -202,9 +199,7 @@ fn encode_header(dims: &[usize]) -> Result<Vec<u8>, IdxError> {
 /// not at all: it is written to a temporary file in the same folder, synced, then renamed.
 pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), IdxError> {
     let header = encode_header(dims)?;
-    let expected = element_count(dims).ok_or_else(|| IdxError::TooLarge {
-        dims: dims.to_vec(),
-    })?;
+    let expected = element_count(dims).ok_or_else(|| IdxError::TooLarge { dims: dims.to_vec() })?;
     if data.len() != expected {
         return Err(IdxError::LengthMismatch {
             dims: dims.to_vec(),
@@ -214,11 +209,7 @@ pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), IdxErro
     }
     let io_err = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |error| IdxError::Io {
-            action,
-            path,
-            error,
-        }
+        move |error| IdxError::Io { action, path, error }
     };
     let Some(name) = path.file_name() else {
         let error = io::Error::new(io::ErrorKind::InvalidInput, "path has no file name");
@@ -289,14 +280,8 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(
-            write_idx(&path, &[], &[]),
-            Err(IdxError::BadRank(0))
-        ));
-        assert!(matches!(
-            write_idx(&path, &[1; 5], &[0]),
-            Err(IdxError::BadRank(5))
-        ));
+        assert!(matches!(write_idx(&path, &[], &[]), Err(IdxError::BadRank(0))));
+        assert!(matches!(write_idx(&path, &[1; 5], &[0]), Err(IdxError::BadRank(5))));
         assert!(matches!(
             write_idx(&path, &[0], &[]),
             Err(IdxError::ZeroDim { axis: 0 })
@@ -321,10 +306,7 @@ mod tests {
         // A doubly gzipped file: after one gunzip the content still starts with 1f 8b.
         std::fs::write(&path, gzip(&gzip(&tiny_idx()))).expect("write");
         let e = read_idx(&path).expect_err("not IDX");
-        assert!(matches!(
-            e.kind(),
-            IdxError::BadMagic([0x1f, 0x8b, 0x08, 0x00])
-        ));
+        assert!(matches!(e.kind(), IdxError::BadMagic([0x1f, 0x8b, 0x08, 0x00])));
         let msg = e.to_string();
         assert!(
             msg.contains("t10k-images-idx3-ubyte.gz: not an IDX file (magic bytes 1f 8b 08 00)"),
@@ -383,10 +365,7 @@ mod tests {
     fn wrong_magic_and_dtype_and_rank() {
         let mut b = tiny_idx();
         b[1] = 1;
-        assert!(matches!(
-            parse_idx(&b),
-            Err(IdxError::BadMagic([0, 1, 8, 2]))
-        ));
+        assert!(matches!(parse_idx(&b), Err(IdxError::BadMagic([0, 1, 8, 2]))));
         let mut b = tiny_idx();
         b[2] = 0x0d; // float32 in the IDX spec
         let e = parse_idx(&b).expect_err("float dtype");

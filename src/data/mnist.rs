@@ -96,9 +96,7 @@ impl Digits {
     pub fn subset(&self, n: usize) -> Digits {
         let n = n.min(self.n);
         // `min` with the buffer lengths keeps a hand-built, inconsistent `Digits` from panicking.
-        let pixels = n
-            .saturating_mul(self.pixels_per_image())
-            .min(self.images.len());
+        let pixels = n.saturating_mul(self.pixels_per_image()).min(self.images.len());
         Digits {
             images: self.images[..pixels].to_vec(),
             labels: self.labels[..n.min(self.labels.len())].to_vec(),
@@ -286,10 +284,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(find_file(dir.path(), TEST_LABELS), None);
         std::fs::write(dir.path().join(TEST_LABELS), b"raw").expect("write");
-        assert_eq!(
-            find_file(dir.path(), TEST_LABELS),
-            Some(dir.path().join(TEST_LABELS))
-        );
+        assert_eq!(find_file(dir.path(), TEST_LABELS), Some(dir.path().join(TEST_LABELS)));
         let gz = dir.path().join(format!("{TEST_LABELS}.gz"));
         std::fs::write(&gz, b"gz").expect("write");
         assert_eq!(find_file(dir.path(), TEST_LABELS), Some(gz));

@@ -68,11 +68,7 @@ pub enum DataError {
     },
 
     #[error("{}: label {label} at index {index} is not a digit class (0..=9)", path.display())]
-    BadLabel {
-        path: PathBuf,
-        index: usize,
-        label: u8,
-    },
+    BadLabel { path: PathBuf, index: usize, label: u8 },
 
     #[error("cannot {action} {}: {error}", path.display())]
     Io {
@@ -81,22 +77,13 @@ pub enum DataError {
         error: io::Error,
     },
 
-    #[error(
-        "could not download {name} from any mirror: {}",
-        download::fmt_attempts(attempts)
-    )]
-    AllMirrorsFailed {
-        name: String,
-        attempts: Vec<MirrorAttempt>,
-    },
+    #[error("could not download {name} from any mirror: {}", download::fmt_attempts(attempts))]
+    AllMirrorsFailed { name: String, attempts: Vec<MirrorAttempt> },
 }
 
 /// Lowercase hex MD5, the form published checksums use.
 pub(crate) fn md5_hex(bytes: &[u8]) -> String {
-    Md5::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file being written beside its final destination. Dropping it without [`PartialFile::commit`]
@@ -116,10 +103,7 @@ impl PartialFile {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        Ok(Self {
-            path,
-            file: Some(file),
-        })
+        Ok(Self { path, file: Some(file) })
     }
 
     pub(crate) fn path(&self) -> &Path {

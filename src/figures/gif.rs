@@ -16,12 +16,7 @@ const QUANT_SPEED: i32 = 10;
 
 /// Writes `frames` as a GIF that loops forever: each frame shows for `delay_ms`, the last
 /// for `max(delay_ms, hold_last_ms)`. All frames must have the same size.
-pub fn write_gif(
-    path: &Path,
-    frames: &[GrayImage],
-    delay_ms: u32,
-    hold_last_ms: u32,
-) -> Result<(), FigureError> {
+pub fn write_gif(path: &Path, frames: &[GrayImage], delay_ms: u32, hold_last_ms: u32) -> Result<(), FigureError> {
     let rgba = frames.iter().map(|f| {
         RgbaImage::from_fn(f.width(), f.height(), |x, y| {
             let v = f.get_pixel(x, y).0[0];
@@ -34,12 +29,7 @@ pub fn write_gif(
 
 /// Like [`write_gif`] for colour frames, e.g. labelled grids from
 /// [`labelled_grid`](super::grid::labelled_grid).
-pub fn write_gif_rgb(
-    path: &Path,
-    frames: &[RgbImage],
-    delay_ms: u32,
-    hold_last_ms: u32,
-) -> Result<(), FigureError> {
+pub fn write_gif_rgb(path: &Path, frames: &[RgbImage], delay_ms: u32, hold_last_ms: u32) -> Result<(), FigureError> {
     let rgba = frames.iter().map(|f| {
         RgbaImage::from_fn(f.width(), f.height(), |x, y| {
             let Rgb([r, g, b]) = *f.get_pixel(x, y);
@@ -60,9 +50,7 @@ fn encode_frames(
     hold_last_ms: u32,
 ) -> Result<(), FigureError> {
     let Some(&first) = sizes.first() else {
-        return Err(FigureError::BadInput(
-            "a GIF needs at least one frame".into(),
-        ));
+        return Err(FigureError::BadInput("a GIF needs at least one frame".into()));
     };
     if let Some((i, &size)) = sizes.iter().enumerate().find(|(_, &s)| s != first) {
         return Err(FigureError::BadInput(format!(

@@ -108,9 +108,7 @@ impl GridSpec {
             )));
         }
         if self.scale == 0 {
-            return Err(FigureError::BadInput(
-                "grid scale must be at least 1".into(),
-            ));
+            return Err(FigureError::BadInput("grid scale must be at least 1".into()));
         }
         let expected = self
             .expected_len()
@@ -193,10 +191,7 @@ pub fn labelled_grid(
     title: Option<&str>,
 ) -> Result<RgbImage, FigureError> {
     let grid = digit_grid(images, spec)?;
-    for (labels, n, what) in [
-        (row_labels, spec.rows, "row"),
-        (col_labels, spec.cols, "column"),
-    ] {
+    for (labels, n, what) in [(row_labels, spec.rows, "row"), (col_labels, spec.cols, "column")] {
         if !labels.is_empty() && labels.len() != n {
             return Err(FigureError::BadInput(format!(
                 "{} {what} labels for {n} {what}s",
@@ -222,21 +217,9 @@ pub fn labelled_grid(
         None => (0, 0),
     };
 
-    let left = if row_labels.is_empty() {
-        0
-    } else {
-        row_w + 2 * GAP
-    };
-    let col_band = if col_labels.is_empty() {
-        0
-    } else {
-        col_h + 2 * GAP
-    };
-    let title_band = if title.is_some() {
-        title_h + 2 * GAP
-    } else {
-        0
-    };
+    let left = if row_labels.is_empty() { 0 } else { row_w + 2 * GAP };
+    let col_band = if col_labels.is_empty() { 0 } else { col_h + 2 * GAP };
+    let title_band = if title.is_some() { title_h + 2 * GAP } else { 0 };
     let top = title_band + col_band;
     let width = (left + grid.width()).max(title_w + 2 * GAP);
     let height = top + grid.height();
@@ -248,9 +231,8 @@ pub fn labelled_grid(
 
     let plot_err = |e: &dyn std::fmt::Display| FigureError::Plot(format!("drawing labels: {e}"));
     {
-        let backend =
-            BitMapBackend::<RGBPixel>::with_buffer_and_format(&mut canvas, (width, height))
-                .map_err(|e| plot_err(&e))?;
+        let backend = BitMapBackend::<RGBPixel>::with_buffer_and_format(&mut canvas, (width, height))
+            .map_err(|e| plot_err(&e))?;
         let root = backend.into_drawing_area();
         let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
         let row_style = TextStyle::from((FONT_FAMILY, LABEL_PX).into_font())
@@ -259,20 +241,15 @@ pub fn labelled_grid(
         for (r, label) in row_labels.iter().enumerate() {
             let (_, y0) = spec.tile_origin(r as u32, 0, tile);
             let pos = (to_i32(left - GAP), to_i32(top + y0 + tile.1 / 2));
-            root.draw_text(label, &row_style, pos)
-                .map_err(|e| plot_err(&e))?;
+            root.draw_text(label, &row_style, pos).map_err(|e| plot_err(&e))?;
         }
         let col_style = TextStyle::from((FONT_FAMILY, col_px).into_font())
             .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Center));
         for (c, label) in col_labels.iter().enumerate() {
             let (x0, _) = spec.tile_origin(0, c as u32, tile);
-            let pos = (
-                to_i32(left + x0 + tile.0 / 2),
-                to_i32(title_band + col_band / 2),
-            );
-            root.draw_text(label, &col_style, pos)
-                .map_err(|e| plot_err(&e))?;
+            let pos = (to_i32(left + x0 + tile.0 / 2), to_i32(title_band + col_band / 2));
+            root.draw_text(label, &col_style, pos).map_err(|e| plot_err(&e))?;
         }
         if let Some(t) = title {
             let style = TextStyle::from((FONT_FAMILY, TITLE_PX).into_font())
@@ -330,10 +307,7 @@ mod tests {
     #[test]
     fn wrong_length_is_an_error() {
         let spec = GridSpec::mnist(2, 2);
-        assert!(matches!(
-            digit_grid(&[0.0; 10], &spec),
-            Err(FigureError::BadInput(_))
-        ));
+        assert!(matches!(digit_grid(&[0.0; 10], &spec), Err(FigureError::BadInput(_))));
         let zero = GridSpec::mnist(0, 2);
         assert!(digit_grid(&[], &zero).is_err());
         assert!(digit_grid(&[0.0; 4], &GridSpec::new(1, 1, 2, 2).with_scale(0)).is_err());

@@ -44,22 +44,15 @@ pub(crate) fn ensure_font() -> Result<(), FigureError> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            plotters::style::register_font(
-                FONT_FAMILY,
-                plotters::style::FontStyle::Normal,
-                dejavu::sans::regular(),
-            )
-            .map_err(|_| "the embedded DejaVu Sans font could not be parsed".to_string())
+            plotters::style::register_font(FONT_FAMILY, plotters::style::FontStyle::Normal, dejavu::sans::regular())
+                .map_err(|_| "the embedded DejaVu Sans font could not be parsed".to_string())
         })
         .clone()
         .map_err(FigureError::Plot)
 }
 
 /// Encodes an image buffer as PNG bytes; `path` only labels the error.
-pub(crate) fn encode_png<P>(
-    img: &ImageBuffer<P, Vec<P::Subpixel>>,
-    path: &Path,
-) -> Result<Vec<u8>, FigureError>
+pub(crate) fn encode_png<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<Vec<u8>, FigureError>
 where
     P: PixelWithColorType,
     [P::Subpixel]: EncodableLayout,
@@ -81,10 +74,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FigureError>
         source,
     };
     if path.file_name().is_none() {
-        return Err(FigureError::BadInput(format!(
-            "{} is not a file path",
-            path.display()
-        )));
+        return Err(FigureError::BadInput(format!("{} is not a file path", path.display())));
     }
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err)?;

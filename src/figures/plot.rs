@@ -48,8 +48,7 @@ impl<'a> Series<'a> {
 
 /// matplotlib's "tab10" palette as 0xRRGGBB: distinct colours, familiar to ML readers.
 const PALETTE: [u32; 10] = [
-    0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22,
-    0x17becf,
+    0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22, 0x17becf,
 ];
 
 /// Draws `series` to a PNG of [`PLOT_SIZE`] at `path` (atomically, creating parent folders).
@@ -118,8 +117,7 @@ pub fn render_line_plot(
         }
         root.present().map_err(plot_err)?;
     }
-    RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| FigureError::Plot("plot buffer has the wrong size".into()))
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| FigureError::Plot("plot buffer has the wrong size".into()))
 }
 
 fn plot_err(e: impl std::fmt::Display) -> FigureError {
@@ -222,9 +220,7 @@ fn axis_range(values: impl Iterator<Item = f64>, log: bool, pad: bool) -> (f64, 
     let to_axis = |v: f64| if log { v.log10() } else { v };
     let (lo, hi) = values
         .map(to_axis)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (lo, hi) = if !lo.is_finite() || !hi.is_finite() {
         (0.0, 1.0)
     } else if hi - lo <= 1e-12 * lo.abs().max(hi.abs()).max(1.0) {
@@ -335,25 +331,12 @@ mod tests {
     fn one_point_and_two_series_plots() -> TestResult {
         let dir = tempfile::tempdir()?;
         let one = [(3.0, 0.25)];
-        let a = [
-            (0.0, 1.0),
-            (1.0, 0.5),
-            (2.0, f64::NAN),
-            (3.0, 0.0),
-            (4.0, 0.2),
-        ];
+        let a = [(0.0, 1.0), (1.0, 0.5), (2.0, f64::NAN), (3.0, 0.0), (4.0, 0.2)];
         let b = [(0.0, 0.9), (2.0, 0.6), (4.0, 0.4)];
         let two = [Series::new("train", &a), Series::new("val", &b)];
         for log_y in [false, true] {
             let path = dir.path().join(format!("deep/one_{log_y}.png"));
-            line_plot(
-                &path,
-                "one",
-                "step",
-                "loss",
-                &[Series::new("l", &one)],
-                log_y,
-            )?;
+            line_plot(&path, "one", "step", "loss", &[Series::new("l", &one)], log_y)?;
             assert_png(&path)?;
             let path = dir.path().join(format!("two_{log_y}.png"));
             line_plot(&path, "two", "epoch", "loss", &two, log_y)?;
@@ -369,10 +352,7 @@ mod tests {
         let pts: Vec<(f64, f64)> = (0..10_000)
             .map(|i| {
                 let t = i as f64;
-                (
-                    t,
-                    0.05 + (-t / 2000.0).exp() * (1.0 + 0.3 * (t * 1.7).sin()),
-                )
+                (t, 0.05 + (-t / 2000.0).exp() * (1.0 + 0.3 * (t * 1.7).sin()))
             })
             .collect();
         for log_y in [false, true] {
@@ -422,10 +402,7 @@ mod tests {
         let (bold, light) = log_ticks(0.04, 1.3);
         assert_eq!(bold.len(), 5);
         let expected = [0.05, 0.1, 0.2, 0.5, 1.0];
-        assert!(bold
-            .iter()
-            .zip(expected)
-            .all(|(a, b)| (a - b).abs() < 1e-12));
+        assert!(bold.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12));
         assert!(light.len() > bold.len());
         // Twenty decades: every third decade, at most MAX_TICKS labels.
         let (bold, _) = log_ticks(1e-10, 1e10);

@@ -116,8 +116,7 @@ impl ConvBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.second
-            .forward_t(&self.first.forward_t(x, train), train)
+        self.second.forward_t(&self.first.forward_t(x, train), train)
     }
 }
 
@@ -146,8 +145,7 @@ impl ResampleBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.block
-            .forward_t(&self.resample.forward_t(x, train), train)
+        self.block.forward_t(&self.resample.forward_t(x, train), train)
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
+use crate::layout;
 use crate::tensor_io::{self, TensorFileError};
 use unet::BasicUNet;
 
@@ -60,23 +61,17 @@ impl Model {
     pub fn new(config: &UNetConfig, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let net = BasicUNet::new(&vs.root(), config);
-        Self {
-            config: config.clone(),
-            vs,
-            net,
+        // Convolution weights live in channels-last memory, like the activations (see `layout`).
+        for (_, t) in vs.variables() {
+            layout::make_channels_last(&t);
         }
+        Self { config: config.clone(), vs, net }
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
     /// Inputs the config does not use are ignored.
-    pub fn forward_t(
-        &self,
-        x: &Tensor,
-        t: Option<&Tensor>,
-        class: Option<&Tensor>,
-        train: bool,
-    ) -> Tensor {
-        self.net.forward_t(x, t, class, train)
+    pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
+        self.net.forward_t(&layout::channels_last(x), t, class, train)
     }
 
     pub fn device(&self) -> Device {
@@ -97,10 +92,7 @@ impl Model {
     }
 
     pub fn parameter_count(&self) -> i64 {
-        self.named_parameters()
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum()
+        self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
@@ -183,18 +175,8 @@ mod tests {
         let model = Model::new(&UNetConfig::new(8, true, true), Device::Cpu);
         let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 2);
-        let a = model.forward_t(
-            &x,
-            Some(&Tensor::from_slice(&[0.1f32, 0.1])),
-            Some(&c),
-            false,
-        );
-        let b = model.forward_t(
-            &x,
-            Some(&Tensor::from_slice(&[0.9f32, 0.9])),
-            Some(&c),
-            false,
-        );
+        let a = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c), false);
+        let b = model.forward_t(&x, Some(&Tensor::from_slice(&[0.9f32, 0.9])), Some(&c), false);
         let u = model.forward_t(
             &x,
             Some(&Tensor::from_slice(&[0.1f32, 0.1])),

@@ -58,27 +58,17 @@ impl BasicUNet {
                 },
             ),
             time: config.time_cond.then(|| conditioning("time", 1)),
-            class: config
-                .class_cond
-                .then(|| conditioning("class", config.num_classes)),
+            class: config.class_cond.then(|| conditioning("class", config.num_classes)),
         }
     }
 
     /// x [N, 1, 28, 28], t [N] (used when time-conditioned), class [N, classes] (when class-conditioned)
     /// -> [N, 1, 28, 28].
-    pub fn forward_t(
-        &self,
-        x: &Tensor,
-        t: Option<&Tensor>,
-        class: Option<&Tensor>,
-        train: bool,
-    ) -> Tensor {
+    pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
         let x0 = self.input.forward_t(x, train); // [N, D, 28, 28]
         let d1 = self.down1.forward_t(&x0, train); // [N, D, 14, 14]
         let d2 = self.down2.forward_t(&d1, train); // [N, 2D, 7, 7]
-        let flat = d2
-            .avg_pool2d([7, 7], [7, 7], [0, 0], false, true, None)
-            .gelu("none"); // [N, 2D, 1, 1]
+        let flat = d2.avg_pool2d([7, 7], [7, 7], [0, 0], false, true, None).gelu("none"); // [N, 2D, 1, 1]
         let mut u0 = self.unflatten.forward_t(&flat, train); // [N, 2D, 7, 7]
         let t = t.map(|t| t.view([-1, 1])); // [N, 1]
         if let (Some(c), Some(class)) = (&self.class, class) {

@@ -27,10 +27,7 @@ fn noised_rows(figures: &RunFigures, x: &Tensor) -> Tensor {
     let rows: Vec<Tensor> = (0..n)
         .map(|i| {
             let (xi, ei) = (x.narrow(0, i, 1), eps.narrow(0, i, 1));
-            Tensor::cat(
-                &SIGMAS.iter().map(|&s| &xi + &ei * s).collect::<Vec<_>>(),
-                0,
-            )
+            Tensor::cat(&SIGMAS.iter().map(|&s| &xi + &ei * s).collect::<Vec<_>>(), 0)
         })
         .collect();
     Tensor::cat(&rows, 0)
@@ -41,13 +38,7 @@ pub fn noising_grid(figures: &RunFigures) -> Result<PathBuf, FigureError> {
     let picked = figures.one_per_class(5);
     let noisy = noised_rows(figures, &figures.test_batch(&picked));
     let spec = GridSpec::mnist(picked.len(), SIGMAS.len()).with_scale(SCALE);
-    let img = labelled_grid(
-        &to_pixels(&noisy),
-        &spec,
-        &[],
-        &sigma_labels(),
-        Some("z = x + σ·ε"),
-    )?;
+    let img = labelled_grid(&to_pixels(&noisy), &spec, &[], &sigma_labels(), Some("z = x + σ·ε"))?;
     let path = figures.dir.join("noising.png");
     save_png(&img, &path)?;
     Ok(path)
@@ -58,12 +49,7 @@ fn denoise(model: &Model, z: &Tensor) -> Tensor {
 }
 
 /// `denoised-epoch-NNN.png`: rows clean, noisy (training sigma), denoised, for one test digit of each class.
-pub fn denoised_grid(
-    figures: &RunFigures,
-    model: &Model,
-    sigma: f64,
-    epoch: usize,
-) -> Result<PathBuf, FigureError> {
+pub fn denoised_grid(figures: &RunFigures, model: &Model, sigma: f64, epoch: usize) -> Result<PathBuf, FigureError> {
     let picked = figures.one_per_class(10);
     let x = figures.test_batch(&picked);
     let mut rng = RunRng::new(figures.config.seed ^ FIGURE_SEED);
@@ -71,11 +57,7 @@ pub fn denoised_grid(
     let out = denoise(model, &z).to_device(x.device());
     let all = Tensor::cat(&[&x, &z, &out], 0);
     let spec = GridSpec::mnist(3, picked.len()).with_scale(SCALE);
-    let rows = [
-        "clean".to_string(),
-        format!("noisy σ={sigma}"),
-        "denoised".to_string(),
-    ];
+    let rows = ["clean".to_string(), format!("noisy σ={sigma}"), "denoised".to_string()];
     let title = format!("Denoiser after epoch {epoch}");
     let img = labelled_grid(&to_pixels(&all), &spec, &rows, &[], Some(&title))?;
     let path = figures.dir.join(format!("denoised-epoch-{epoch:03}.png"));
@@ -85,10 +67,7 @@ pub fn denoised_grid(
 
 /// `ood.png`: one test digit noised at every sigma (top row) and the denoiser's output (bottom row); the model
 /// was trained at one sigma only, so the other columns are out of distribution.
-pub fn out_of_distribution_grid(
-    figures: &RunFigures,
-    model: &Model,
-) -> Result<PathBuf, FigureError> {
+pub fn out_of_distribution_grid(figures: &RunFigures, model: &Model) -> Result<PathBuf, FigureError> {
     let picked = figures.one_per_class(1);
     let noisy = noised_rows(figures, &figures.test_batch(&picked));
     let out = denoise(model, &noisy).to_device(noisy.device());

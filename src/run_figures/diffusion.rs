@@ -26,9 +26,7 @@ const GIF_HOLD_MS: u32 = 2000;
 /// The grid layout of a run's samples: class-conditioned runs get one row per digit.
 pub fn request_for(class_cond: bool) -> (Request, usize, usize) {
     if class_cond {
-        let classes = (0..10u8)
-            .flat_map(|c| std::iter::repeat_n(c, PER_DIGIT))
-            .collect();
+        let classes = (0..10u8).flat_map(|c| std::iter::repeat_n(c, PER_DIGIT)).collect();
         (Request::Classes(classes), 10, PER_DIGIT)
     } else {
         (
@@ -54,16 +52,10 @@ pub fn sample_figures(
         precision: config.precision,
         ..Default::default()
     };
-    let output = generate(model, config, &request, &options)
-        .map_err(|e| FigureError::BadInput(e.to_string()))?;
+    let output = generate(model, config, &request, &options).map_err(|e| FigureError::BadInput(e.to_string()))?;
     let spec = GridSpec::mnist(rows, cols).with_scale(SCALE);
     let row_labels: Vec<String> = if config.model.class_cond {
-        config
-            .dataset
-            .class_names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        config.dataset.class_names().iter().map(|s| s.to_string()).collect()
     } else {
         Vec::new()
     };
@@ -77,13 +69,7 @@ pub fn sample_figures(
         "{} samples after epoch {epoch} (DDPM, {steps} steps{guidance})",
         config.objective.name()
     );
-    let img = labelled_grid(
-        &to_pixels(&output.images),
-        &spec,
-        &row_labels,
-        &[],
-        Some(&title),
-    )?;
+    let img = labelled_grid(&to_pixels(&output.images), &spec, &row_labels, &[], Some(&title))?;
     let path = figures.dir.join(format!("samples-epoch-{epoch:03}.png"));
     save_png(&img, &path)?;
     let mut written = vec![path];
@@ -98,8 +84,5 @@ pub fn sample_figures(
 
 /// Frames of a sampler run as grid images.
 pub fn frames_to_grids(frames: &[Tensor], spec: &GridSpec) -> Result<Vec<GrayImage>, FigureError> {
-    frames
-        .iter()
-        .map(|f| digit_grid(&to_pixels(f), spec))
-        .collect()
+    frames.iter().map(|f| digit_grid(&to_pixels(f), spec)).collect()
 }

@@ -52,12 +52,7 @@ impl RunFigures {
     }
 
     /// Figures due after `epoch` (1-based): the loss curve always, model figures at the epochs that show them.
-    pub fn after_epoch(
-        &self,
-        model: &Model,
-        epoch: usize,
-        losses: &[f32],
-    ) -> Result<Vec<PathBuf>, FigureError> {
+    pub fn after_epoch(&self, model: &Model, epoch: usize, losses: &[f32]) -> Result<Vec<PathBuf>, FigureError> {
         let mut written = vec![self.loss_curve(losses)?];
         if self.shows_epoch(epoch) {
             written.extend(self.model_figures(model, epoch)?);
@@ -126,8 +121,7 @@ impl RunFigures {
     }
 
     fn test_batch(&self, indices: &[i64]) -> Tensor {
-        self.test_images
-            .index_select(0, &Tensor::from_slice(indices))
+        self.test_images.index_select(0, &Tensor::from_slice(indices))
     }
 }
 

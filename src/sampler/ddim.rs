@@ -41,15 +41,9 @@ pub fn sample(
     tch::no_grad(|| {
         let mut x = initial_noise(n, rng, device); // [n, 1, 28, 28]
         for (i, &t) in visit.iter().enumerate() {
-            let eps = denoiser.predict(
-                &x,
-                &time_vector(n, schedule.normalized_time(t), device),
-                class,
-            );
+            let eps = denoiser.predict(&x, &time_vector(n, schedule.normalized_time(t), device), class);
             let alpha_bar = schedule.alpha_bar[t];
-            let alpha_bar_next = visit
-                .get(i + 1)
-                .map_or(1.0, |&next| schedule.alpha_bar[next]);
+            let alpha_bar_next = visit.get(i + 1).map_or(1.0, |&next| schedule.alpha_bar[next]);
             // 1. x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
             let x0_hat = (&x - &eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt();
             // 2. x_{t'} = sqrt(alpha_bar_t') x0_hat + sqrt(1 - alpha_bar_t') eps
@@ -90,14 +84,10 @@ mod tests {
             let mut rng = RunRng::new(3);
             let x_t: Vec<f32> = RunRng::new(3).normals(784);
             let out = sample(&Zero, &schedule, steps, 1, None, &mut rng, FrameEvery(None));
-            let got: Vec<f32> =
-                Vec::try_from(out.images.flatten(0, -1).to_kind(Kind::Float)).expect("vec");
+            let got: Vec<f32> = Vec::try_from(out.images.flatten(0, -1).to_kind(Kind::Float)).expect("vec");
             for (g, x) in got.iter().zip(&x_t) {
                 let expected = (*x as f64 * scale).clamp(0.0, 1.0);
-                assert!(
-                    (*g as f64 - expected).abs() < 2e-3,
-                    "steps {steps}: {g} vs {expected}"
-                );
+                assert!((*g as f64 - expected).abs() < 2e-3, "steps {steps}: {g} vs {expected}");
             }
         }
     }

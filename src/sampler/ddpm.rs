@@ -22,17 +22,12 @@ pub fn sample(
     tch::no_grad(|| {
         let mut x = initial_noise(n, rng, device); // x_{T-1} ~ N(0, I), [n, 1, 28, 28]
         for (done, t) in (0..total).rev().enumerate() {
-            let eps = denoiser.predict(
-                &x,
-                &time_vector(n, schedule.normalized_time(t), device),
-                class,
-            );
+            let eps = denoiser.predict(&x, &time_vector(n, schedule.normalized_time(t), device), class);
             // 1. x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
             let alpha_bar = schedule.alpha_bar[t];
             let x0_hat = (&x - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt();
             // 2. posterior mean: coef_x0 x0_hat + coef_xt x_t
-            let mean = x0_hat * schedule.posterior_mean_coef_x0[t]
-                + &x * schedule.posterior_mean_coef_xt[t];
+            let mean = x0_hat * schedule.posterior_mean_coef_x0[t] + &x * schedule.posterior_mean_coef_xt[t];
             // 3. x_{t-1} = mean + sqrt(beta_t) z, no noise on the last step
             x = if t > 0 {
                 mean + initial_noise(n, rng, device) * schedule.betas[t].sqrt()
@@ -61,19 +56,12 @@ mod tests {
     #[test]
     fn zero_denoiser_matches_the_scalar_recursion() {
         let schedule = NoiseSchedule::new(&ScheduleConfig::default());
-        let out = sample(
-            &Zero,
-            &schedule,
-            2,
-            None,
-            &mut RunRng::new(5),
-            FrameEvery(Some(100)),
-        );
+        let out = sample(&Zero, &schedule, 2, None, &mut RunRng::new(5), FrameEvery(Some(100)));
         let mut rng = RunRng::new(5);
         let mut x: Vec<f64> = rng.normals(2 * 784).iter().map(|&v| v as f64).collect();
         for t in (0..300).rev() {
-            let k = schedule.posterior_mean_coef_x0[t] / schedule.alpha_bar[t].sqrt()
-                + schedule.posterior_mean_coef_xt[t];
+            let k =
+                schedule.posterior_mean_coef_x0[t] / schedule.alpha_bar[t].sqrt() + schedule.posterior_mean_coef_xt[t];
             let z: Vec<f64> = if t > 0 {
                 rng.normals(2 * 784).iter().map(|&v| v as f64).collect()
             } else {
@@ -112,14 +100,7 @@ mod tests {
             x0: x0.shallow_clone(),
             schedule: schedule.clone(),
         };
-        let out = sample(
-            &oracle,
-            &schedule,
-            3,
-            None,
-            &mut RunRng::new(1),
-            FrameEvery(None),
-        );
+        let out = sample(&oracle, &schedule, 3, None, &mut RunRng::new(1), FrameEvery(None));
         let err = f64::try_from((&out.images - &x0).abs().max()).expect("max");
         assert!(err < 1e-4, "{err}");
         assert!(out.frames.is_empty());
@@ -131,30 +112,9 @@ mod tests {
             timesteps: 20,
             ..Default::default()
         });
-        let a = sample(
-            &Zero,
-            &schedule,
-            2,
-            None,
-            &mut RunRng::new(9),
-            FrameEvery(None),
-        );
-        let b = sample(
-            &Zero,
-            &schedule,
-            2,
-            None,
-            &mut RunRng::new(9),
-            FrameEvery(None),
-        );
-        let c = sample(
-            &Zero,
-            &schedule,
-            2,
-            None,
-            &mut RunRng::new(10),
-            FrameEvery(None),
-        );
+        let a = sample(&Zero, &schedule, 2, None, &mut RunRng::new(9), FrameEvery(None));
+        let b = sample(&Zero, &schedule, 2, None, &mut RunRng::new(9), FrameEvery(None));
+        let c = sample(&Zero, &schedule, 2, None, &mut RunRng::new(10), FrameEvery(None));
         assert!(a.images.equal(&b.images));
         assert!(!a.images.equal(&c.images));
     }

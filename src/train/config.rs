@@ -19,10 +19,7 @@ pub enum Objective {
     /// Part 2: x_t -> eps, time-conditioned.
     Ddpm { schedule: ScheduleConfig },
     /// Part 3: x_t, class -> eps, with the class dropped (zeros) with probability `p_uncond`.
-    Cfg {
-        schedule: ScheduleConfig,
-        p_uncond: f64,
-    },
+    Cfg { schedule: ScheduleConfig, p_uncond: f64 },
 }
 
 impl Objective {
@@ -58,26 +55,8 @@ impl ModelKind {
     pub fn spec_config(self) -> TrainConfig {
         let schedule = ScheduleConfig::default();
         let (objective, hidden, epochs, batch_size, lr, lr_final_ratio, time, class) = match self {
-            ModelKind::Denoiser => (
-                Objective::Denoiser { sigma: 0.5 },
-                128,
-                5,
-                256,
-                1e-4,
-                1.0,
-                false,
-                false,
-            ),
-            ModelKind::Ddpm => (
-                Objective::Ddpm { schedule },
-                64,
-                20,
-                128,
-                1e-3,
-                0.1,
-                true,
-                false,
-            ),
+            ModelKind::Denoiser => (Objective::Denoiser { sigma: 0.5 }, 128, 5, 256, 1e-4, 1.0, false, false),
+            ModelKind::Ddpm => (Objective::Ddpm { schedule }, 64, 20, 128, 1e-3, 0.1, true, false),
             ModelKind::Cfg => (
                 Objective::Cfg {
                     schedule,
@@ -178,9 +157,7 @@ impl TrainConfig {
         match &self.objective {
             Objective::Denoiser { sigma } => {
                 if !(sigma.is_finite() && *sigma >= 0.0) {
-                    return Err(format!(
-                        "--sigma must be a non-negative number, got {sigma}"
-                    ));
+                    return Err(format!("--sigma must be a non-negative number, got {sigma}"));
                 }
             }
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => {
@@ -191,10 +168,7 @@ impl TrainConfig {
                     ));
                 }
                 let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
-                if !ok(schedule.beta_start)
-                    || !ok(schedule.beta_end)
-                    || schedule.beta_start > schedule.beta_end
-                {
+                if !ok(schedule.beta_start) || !ok(schedule.beta_end) || schedule.beta_start > schedule.beta_end {
                     return Err("betas must satisfy 0 < beta_start <= beta_end < 1".into());
                 }
             }

@@ -13,9 +13,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use thiserror::Error;
 
 use crate::atomic_file::write_atomic;
-use crate::checkpoint::{
-    self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
-};
+use crate::checkpoint::{self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
 use crate::data::Digits;
 use crate::model::Model;
 use crate::optim::Adam;
@@ -37,10 +35,7 @@ pub enum TrainError {
     #[error(transparent)]
     Tensors(#[from] TensorFileError),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path}: unreadable checkpoint state ({message})")]
     State { path: PathBuf, message: String },
     #[error("{0}")]
@@ -190,15 +185,15 @@ impl Trainer {
         if found != expected_kind {
             return Err(TrainError::Mismatch {
                 run: run_dir.display().to_string(),
-                what: format!("it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"),
+                what: format!(
+                    "it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"
+                ),
             });
         }
         let mut model = Model::new(&state.config.model, device);
         model.load(&dir.join(MODEL_FILE))?;
         let mut trainer = Self::assemble(state.config, run_dir, model, state.rng);
-        trainer
-            .adam
-            .load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
+        trainer.adam.load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
         trainer.epoch = state.epoch;
         trainer.losses = state.losses;
         Ok(trainer)
@@ -213,11 +208,7 @@ impl Trainer {
     }
 
     /// Trains one epoch: a fresh shuffle, then one Adam step per batch.
-    pub fn train_epoch(
-        &mut self,
-        data: &TrainData,
-        progress: &mut dyn Progress,
-    ) -> Result<(), TrainError> {
+    pub fn train_epoch(&mut self, data: &TrainData, progress: &mut dyn Progress) -> Result<(), TrainError> {
         let n = self.config.subset.map_or(data.len(), |s| s.min(data.len()));
         let batch_size = self.config.batch_size;
         let steps = n.div_ceil(batch_size);
@@ -237,8 +228,7 @@ impl Trainer {
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
         let epoch_losses = &self.losses[first_loss..];
-        let mean =
-            epoch_losses.iter().map(|&l| l as f64).sum::<f64>() / epoch_losses.len().max(1) as f64;
+        let mean = epoch_losses.iter().map(|&l| l as f64).sum::<f64>() / epoch_losses.len().max(1) as f64;
         progress.epoch_end(self.epoch, mean, n as f64 / seconds.max(1e-9));
         tracing::info!(epoch = self.epoch, mean_loss = mean, seconds, "epoch done");
         Ok(())
@@ -257,12 +247,10 @@ impl Trainer {
         let batch = self.objective.batch(x0, labels, &mut self.rng);
         self.adam.zero_grad();
         let loss = autocast(self.config.precision, device, || {
-            let prediction =
-                self.model
-                    .forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
-            prediction
-                .to_kind(Kind::Float)
-                .mse_loss(&batch.target, Reduction::Mean)
+            let prediction = self
+                .model
+                .forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
+            prediction.to_kind(Kind::Float).mse_loss(&batch.target, Reduction::Mean)
         });
         let mut value = f32::try_from(&loss).unwrap_or(f32::NAN);
         if self.inject_nan_at_step == Some(self.adam.step + 1) {
@@ -296,15 +284,11 @@ impl Trainer {
             losses: self.losses.clone(),
             config: self.config.clone(),
         };
-        let dir = checkpoint::write(
-            &self.run_dir,
-            self.epoch,
-            |dir: &Path| -> Result<(), TrainError> {
-                self.model.save(&dir.join(MODEL_FILE))?;
-                self.adam.save(&dir.join(OPTIMIZER_FILE))?;
-                write_json(&dir.join(STATE_FILE), &state)
-            },
-        )
+        let dir = checkpoint::write(&self.run_dir, self.epoch, |dir: &Path| -> Result<(), TrainError> {
+            self.model.save(&dir.join(MODEL_FILE))?;
+            self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+            write_json(&dir.join(STATE_FILE), &state)
+        })
         .map_err(|e| match e {
             WriteError::Checkpoint(e) => TrainError::Checkpoint(e),
             WriteError::Fill(e) => e,
@@ -327,8 +311,7 @@ impl Trainer {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
     write_atomic(path, text.as_bytes()).map_err(|source| TrainError::Write {
         path: path.to_path_buf(),
         source,
@@ -355,10 +338,7 @@ fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
 }
 
 /// Reads the config of a run's newest checkpoint (for sampling and figures).
-pub fn read_run_config(
-    run_dir: &Path,
-    epoch: Option<usize>,
-) -> Result<(usize, PathBuf, TrainConfig), TrainError> {
+pub fn read_run_config(run_dir: &Path, epoch: Option<usize>) -> Result<(usize, PathBuf, TrainConfig), TrainError> {
     let (epoch, dir) = checkpoint::find(run_dir, epoch)?;
     let state = read_state(&dir)?;
     Ok((epoch, dir, state.config))

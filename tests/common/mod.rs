@@ -10,10 +10,7 @@ pub fn mnist_dir() -> PathBuf {
     let dir = std::env::var_os("MNIST_DIR")
         .map(PathBuf::from)
         .expect("MNIST_DIR must point at the MNIST files");
-    assert!(
-        dir.join("train-images-idx3-ubyte.gz").exists()
-            || dir.join("train-images-idx3-ubyte").exists()
-    );
+    assert!(dir.join("train-images-idx3-ubyte.gz").exists() || dir.join("train-images-idx3-ubyte").exists());
     dir
 }
 
@@ -35,45 +32,28 @@ pub fn stderr(out: &Output) -> String {
 /// A user-facing failure: non-zero exit, and stderr's last line is one clear `error:` line, never a panic.
 pub fn assert_clean_failure(out: &Output, expect_in_message: &str) {
     let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr:\n{err}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr:\n{err}");
     assert!(
         !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
         "panic:\n{err}"
     );
-    let last = err
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
-        .unwrap_or("");
+    let last = err.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
     assert!(
         last.starts_with("error: "),
         "last stderr line is not an error line:\n{err}"
     );
     assert!(
-        last.to_lowercase()
-            .contains(&expect_in_message.to_lowercase()),
+        last.to_lowercase().contains(&expect_in_message.to_lowercase()),
         "error line does not mention {expect_in_message:?}: {last}"
     );
 }
 
 /// Tiny but real training flags: a D=8 UNet on a subset of real MNIST, two threads, figures off.
 pub fn tiny(kind: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        kind,
-        "--hidden",
-        "8",
-        "--subset",
-        "512",
-        "--batch-size",
-        "64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = ["train", kind, "--hidden", "8", "--subset", "512", "--batch-size", "64"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(
         ["--threads", "2", "--no-figures", "--out"]
             .iter()
