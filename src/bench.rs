@@ -35,7 +35,8 @@ pub struct BenchRow {
     pub threads: usize,
     pub device: String,
     pub train_img_per_s: f64,
-    /// Digits per second of a full DDPM run (300 steps, 40 digits, guidance batched) for ddpm/cfg.
+    /// Digits per second of a full sampling run of 40 digits (guidance batched): DDPM 300 steps for ddpm/cfg,
+    /// Euler 50 steps for flow.
     pub sample_img_per_s: Option<f64>,
     pub sample_ms_per_step: Option<f64>,
     pub peak_rss_mb: f64,
@@ -67,7 +68,12 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
         ModelKind::Denoiser => None,
         _ => Some(time_sampler_step(&trainer, config, device)),
     };
-    let full_ddpm_steps = 300.0;
+    // A full run: DDPM's 300 steps, or the flow sampler's default 50 Euler steps.
+    let full_steps = if config.model == ModelKind::Flow {
+        crate::generate::DEFAULT_STEPS as f64
+    } else {
+        300.0
+    };
     Ok(BenchRow {
         engine: "diffuse",
         model: config.model.name(),
@@ -77,7 +83,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
         threads: crate::device::threads(),
         device: crate::device::describe(device),
         train_img_per_s,
-        sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_ddpm_steps * ms / 1000.0)),
+        sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,
         peak_rss_mb: peak_rss_mb(),
     })
@@ -91,8 +97,13 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig, device: Device) ->
         Request::Unconditional(SAMPLE_DIGITS)
     };
     let run = |steps: usize| {
+        let sampler = if config.model == ModelKind::Flow {
+            SamplerKind::Euler
+        } else {
+            SamplerKind::Ddim
+        };
         let options = GenerateOptions {
-            sampler: SamplerKind::Ddim,
+            sampler: Some(sampler),
             steps: Some(steps),
             precision: config.precision,
             ..Default::default()

@@ -11,7 +11,7 @@ use crate::model::Model;
 use crate::precision::{autocast, Precision};
 use crate::rng::RunRng;
 use crate::sampler::guidance::Guided;
-use crate::sampler::{ddim, ddpm, Denoiser, FrameEvery, SampleOutput};
+use crate::sampler::{ddim, ddpm, euler, Denoiser, FrameEvery, SampleOutput};
 use crate::schedule::NoiseSchedule;
 use crate::train::objective::one_hot;
 use crate::train::{Objective, TrainConfig};
@@ -25,12 +25,25 @@ pub enum SamplerKind {
     Ddpm,
     /// Deterministic DDIM (eta = 0) over --steps timesteps.
     Ddim,
+    /// Euler steps along a rectified-flow velocity field (flow models).
+    Euler,
+}
+
+impl SamplerKind {
+    /// The sampler a run's objective uses when none is asked for.
+    pub fn default_for(objective: &Objective) -> Self {
+        match objective {
+            Objective::Flow { .. } => SamplerKind::Euler,
+            _ => SamplerKind::Ddpm,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
-    pub sampler: SamplerKind,
-    /// DDIM step count (default 50); DDPM always takes every timestep.
+    /// [default: DDPM for diffusion models, Euler for flow models]
+    pub sampler: Option<SamplerKind>,
+    /// DDIM / Euler step count (default 50); DDPM always takes every timestep.
     pub steps: Option<usize>,
     /// Guidance scale gamma for class-conditioned models (1 = no guidance).
     pub guidance: f64,
@@ -43,7 +56,7 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
-            sampler: SamplerKind::Ddpm,
+            sampler: None,
             steps: None,
             guidance: 5.0,
             seed: 0,
@@ -53,7 +66,8 @@ impl Default for GenerateOptions {
     }
 }
 
-pub const DEFAULT_DDIM_STEPS: usize = 50;
+/// DDIM and Euler steps when --steps is not given.
+pub const DEFAULT_STEPS: usize = 50;
 
 #[derive(Debug, Error)]
 pub enum GenerateError {
@@ -65,6 +79,12 @@ pub enum GenerateError {
     BadDigit(u8),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the {sampler:?} sampler does not apply to a `{objective}` model (use {suggestion})")]
+    WrongSampler {
+        sampler: SamplerKind,
+        objective: &'static str,
+        suggestion: &'static str,
+    },
 }
 
 /// What to draw: `n` unconditional samples, or one sample per entry of `classes`.
@@ -94,10 +114,26 @@ pub fn generate(
     request: &Request,
     options: &GenerateOptions,
 ) -> Result<SampleOutput, GenerateError> {
-    let schedule = match &config.objective {
-        Objective::Denoiser { .. } => return Err(GenerateError::NotGenerative),
-        objective => NoiseSchedule::new(objective.schedule().ok_or(GenerateError::NotGenerative)?),
-    };
+    if matches!(config.objective, Objective::Denoiser { .. }) {
+        return Err(GenerateError::NotGenerative);
+    }
+    let sampler = options
+        .sampler
+        .unwrap_or_else(|| SamplerKind::default_for(&config.objective));
+    let is_flow = matches!(config.objective, Objective::Flow { .. });
+    if is_flow != (sampler == SamplerKind::Euler) {
+        let suggestion = if is_flow {
+            "--sampler euler"
+        } else {
+            "--sampler ddpm or ddim"
+        };
+        return Err(GenerateError::WrongSampler {
+            sampler,
+            objective: config.objective.name(),
+            suggestion,
+        });
+    }
+    let schedule = config.objective.schedule().map(NoiseSchedule::new);
     if request.is_empty() {
         return Err(GenerateError::BadRequest("nothing to generate (n = 0)".into()));
     }
@@ -128,21 +164,26 @@ pub fn generate(
     };
     let mut rng = RunRng::new(options.seed);
     let frames = FrameEvery(options.frame_every);
-    let output = autocast(options.precision, device, || match options.sampler {
-        SamplerKind::Ddpm => ddpm::sample(&guided, &schedule, n, class.as_ref(), &mut rng, frames),
-        SamplerKind::Ddim => {
-            let steps = options.steps.unwrap_or(DEFAULT_DDIM_STEPS);
-            ddim::sample(&guided, &schedule, steps, n, class.as_ref(), &mut rng, frames)
+    let steps = options.steps.unwrap_or(DEFAULT_STEPS);
+    let output = autocast(options.precision, device, || match (sampler, &schedule) {
+        (SamplerKind::Ddpm, Some(schedule)) => ddpm::sample(&guided, schedule, n, class.as_ref(), &mut rng, frames),
+        (SamplerKind::Ddim, Some(schedule)) => {
+            ddim::sample(&guided, schedule, steps, n, class.as_ref(), &mut rng, frames)
         }
+        _ => euler::sample(&guided, steps, n, class.as_ref(), &mut rng, frames),
     });
     Ok(output)
 }
 
-/// The number of network evaluations a sampler will make (for frame spacing and progress).
+/// The number of network evaluations a sampler will make (for frame spacing and titles).
 pub fn step_count(config: &TrainConfig, options: &GenerateOptions) -> usize {
-    let total = config.objective.schedule().map_or(0, |s| s.timesteps);
-    match options.sampler {
+    let total = config.objective.schedule().map_or(usize::MAX, |s| s.timesteps);
+    match options
+        .sampler
+        .unwrap_or_else(|| SamplerKind::default_for(&config.objective))
+    {
         SamplerKind::Ddpm => total,
-        SamplerKind::Ddim => options.steps.unwrap_or(DEFAULT_DDIM_STEPS).min(total),
+        SamplerKind::Ddim => options.steps.unwrap_or(DEFAULT_STEPS).min(total),
+        SamplerKind::Euler => options.steps.unwrap_or(DEFAULT_STEPS).max(1),
     }
 }

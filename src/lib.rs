@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod figures;
+pub mod flow_path;
 pub mod generate;
 pub mod layout;
 pub mod model;

@@ -113,3 +113,32 @@ fn figures_are_written_by_training_and_regenerated_from_checkpoints() {
         );
     }
 }
+
+#[test]
+fn flow_trains_and_samples_with_euler_and_refuses_ddpm_samplers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("flow");
+    let out = run_owned(&tiny("flow", &run_dir, &["--epochs", "1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = run_dir.to_str().expect("utf8");
+    let png = tmp.path().join("flow.png");
+    let prefix = tmp.path().join("flow");
+    let p = png.to_str().expect("utf8");
+    let out = run(&[
+        "sample",
+        "--run",
+        r,
+        "--steps",
+        "5",
+        "--per-digit",
+        "2",
+        "--out",
+        p,
+        "--idx",
+        prefix.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let images = diffuse::data::read_idx(&tmp.path().join("flow-images-idx3-ubyte")).expect("idx");
+    assert_eq!(images.dims, vec![20, 28, 28]);
+    assert_clean_failure(&run(&["sample", "--run", r, "--sampler", "ddpm", "--out", p]), "euler");
+}

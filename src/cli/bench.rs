@@ -39,7 +39,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     device::set_threads(args.threads);
     let device = args.device.resolve()?;
     let models = if args.model.is_empty() {
-        vec![ModelKind::Denoiser, ModelKind::Ddpm, ModelKind::Cfg]
+        vec![ModelKind::Denoiser, ModelKind::Ddpm, ModelKind::Cfg, ModelKind::Flow]
     } else {
         args.model
     };

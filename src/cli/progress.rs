@@ -1,5 +1,6 @@
 //! Progress bars for training (indicatif): loss and images per second, one bar per epoch.
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -8,6 +9,8 @@ use diffuse::train::Progress;
 
 pub struct Bars {
     bar: Option<ProgressBar>,
+    /// When stderr is not a terminal (logs, nohup), a plain line every tenth of an epoch replaces the bar.
+    plain: Option<PlainLines>,
     started: Instant,
     images: usize,
     smoothed_loss: Option<f64>,
@@ -17,6 +20,7 @@ impl Bars {
     pub fn new() -> Self {
         Self {
             bar: None,
+            plain: None,
             started: Instant::now(),
             images: 0,
             smoothed_loss: None,
@@ -33,6 +37,12 @@ impl Progress for Bars {
         bar.set_style(style);
         bar.set_prefix(format!("{epoch}/{epochs}"));
         self.bar = Some(bar);
+        self.plain = (!std::io::stderr().is_terminal()).then(|| PlainLines {
+            label: format!("epoch {epoch}/{epochs}"),
+            steps,
+            every: (steps / 10).max(1),
+            done: 0,
+        });
         self.started = Instant::now();
         self.images = 0;
         self.smoothed_loss = None;
@@ -48,6 +58,16 @@ impl Progress for Bars {
             bar.set_message(format!("loss {smoothed:.4} | {rate:.0} img/s"));
             bar.inc(1);
         }
+        if let Some(plain) = &mut self.plain {
+            plain.done += 1;
+            if plain.done % plain.every == 0 && plain.done < plain.steps {
+                let rate = self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "{}: step {}/{}, loss {smoothed:.4}, {rate:.0} img/s",
+                    plain.label, plain.done, plain.steps
+                );
+            }
+        }
     }
 
     fn epoch_end(&mut self, epoch: usize, mean_loss: f64, images_per_sec: f64) {
@@ -56,4 +76,11 @@ impl Progress for Bars {
         }
         eprintln!("epoch {epoch}: mean loss {mean_loss:.5}, {images_per_sec:.1} img/s");
     }
+}
+
+struct PlainLines {
+    label: String,
+    steps: usize,
+    every: usize,
+    done: usize,
 }

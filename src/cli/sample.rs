@@ -19,7 +19,7 @@ use diffuse::train::trainer::load_model;
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
-    /// Run folder of a ddpm or cfg training run.
+    /// Run folder of a ddpm, cfg or flow training run.
     #[arg(long, value_name = "RUN_DIR")]
     pub run: PathBuf,
     /// Checkpoint epoch [default: the newest].
@@ -37,9 +37,10 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale (class-conditioned models) [default: 5].
     #[arg(long)]
     pub guidance: Option<f64>,
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
-    pub sampler: SamplerKind,
-    /// DDIM steps [default: 50].
+    /// [default: ddpm for diffusion runs, euler for flow runs]
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// DDIM or Euler steps [default: 50].
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -99,11 +100,14 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
-    if args.steps.is_some() && args.sampler == SamplerKind::Ddpm {
+    let sampler = args
+        .sampler
+        .unwrap_or_else(|| SamplerKind::default_for(&config.objective));
+    if args.steps.is_some() && sampler == SamplerKind::Ddpm {
         bail!("--steps applies to --sampler ddim (DDPM always takes every timestep)");
     }
     let mut options = GenerateOptions {
-        sampler: args.sampler,
+        sampler: Some(sampler),
         steps: args.steps,
         guidance: args.guidance.unwrap_or(5.0),
         seed: args.seed,

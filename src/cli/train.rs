@@ -12,6 +12,7 @@ use diffuse::precision::Precision;
 use diffuse::run_figures;
 use diffuse::schedule::ScheduleConfig;
 use diffuse::train::config::ModelKind;
+use diffuse::train::test_metrics;
 use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
 
 use super::progress::Bars;
@@ -43,6 +44,16 @@ pub enum TrainCommand {
         common: CommonArgs,
         #[command(flatten)]
         schedule: ScheduleArgs,
+        /// Probability of training a sample without its class [default: 0.1].
+        #[arg(long)]
+        p_uncond: Option<f64>,
+    },
+    /// Rectified flow: class-conditioned velocity prediction on x_t = (1 - t) x0 + t eps, sampled with Euler steps
+    /// and the same guidance. Same defaults as cfg.
+    #[command(allow_negative_numbers = true)]
+    Flow {
+        #[command(flatten)]
+        common: CommonArgs,
         /// Probability of training a sample without its class [default: 0.1].
         #[arg(long)]
         p_uncond: Option<f64>,
@@ -195,6 +206,14 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             }
             (common, config, given)
         }
+        TrainCommand::Flow { common, p_uncond } => {
+            let mut config = common.config(ModelKind::Flow);
+            config.objective = Objective::Flow {
+                p_uncond: p_uncond.unwrap_or(0.1),
+            };
+            let given = if p_uncond.is_some() { vec!["--p-uncond"] } else { vec![] };
+            (common, config, given)
+        }
     };
     train(common, config, extra_given)
 }
@@ -253,6 +272,19 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         trainer.train_epoch(&data, &mut bars)?;
         let dir = trainer.save_checkpoint()?;
         tracing::info!(checkpoint = %dir.display(), "saved");
+        if let Objective::Denoiser { sigma } = trainer.config.objective {
+            let test_images = diffuse::train::trainer::digits_to_tensor(&test_digits);
+            let (denoised, noisy) =
+                test_metrics::denoiser_test_mse(&trainer.model, &test_images, sigma, trainer.config.precision);
+            eprintln!(
+                "epoch {}: test MSE on {} digits at sigma {sigma}: denoised {denoised:.5}, noisy input {noisy:.5}",
+                trainer.epoch,
+                test_metrics::TEST_MSE_IMAGES
+            );
+            let row = format!("{},{denoised},{noisy}", trainer.epoch);
+            test_metrics::append_metrics(&trainer.run_dir, "epoch,test_mse_denoised,test_mse_noisy", &row)
+                .with_context(|| format!("cannot write metrics.csv in {}", trainer.run_dir.display()))?;
+        }
         if let Some(figures) = &figures {
             figures
                 .after_epoch(&trainer.model, trainer.epoch, &trainer.losses)

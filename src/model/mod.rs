@@ -65,7 +65,11 @@ impl Model {
         for (_, t) in vs.variables() {
             layout::make_channels_last(&t);
         }
-        Self { config: config.clone(), vs, net }
+        Self {
+            config: config.clone(),
+            vs,
+            net,
+        }
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].

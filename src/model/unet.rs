@@ -75,14 +75,14 @@ impl BasicUNet {
             u0 = c.t1.forward(class) * u0;
         }
         if let (Some(c), Some(t)) = (&self.time, &t) {
-            u0 = u0 + c.t1.forward(t);
+            u0 += c.t1.forward(t);
         }
         let mut u1 = self.up1.forward_t(&Tensor::cat(&[&u0, &d2], 1), train); // [N, D, 14, 14]
         if let (Some(c), Some(class)) = (&self.class, class) {
             u1 = c.t2.forward(class) * u1;
         }
         if let (Some(c), Some(t)) = (&self.time, &t) {
-            u1 = u1 + c.t2.forward(t);
+            u1 += c.t2.forward(t);
         }
         let u2 = self.up2.forward_t(&Tensor::cat(&[&u1, &d1], 1), train); // [N, D, 28, 28]
         self.output

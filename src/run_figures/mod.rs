@@ -18,7 +18,7 @@ use crate::train::config::{Objective, TrainConfig};
 use crate::train::trainer::{digits_to_tensor, labels_to_tensor};
 
 /// Seed offset of the figure noise stream.
-const FIGURE_SEED: u64 = 0x5eed_f16;
+const FIGURE_SEED: u64 = 0x05ee_df16;
 
 /// Figures of one run.
 pub struct RunFigures {
@@ -65,7 +65,7 @@ impl RunFigures {
         let last = epoch == self.config.epochs;
         match self.config.objective {
             Objective::Denoiser { .. } => epoch == 1 || last,
-            _ => epoch == 1 || epoch % 5 == 0 || last,
+            _ => epoch == 1 || epoch.is_multiple_of(5) || last,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Samplers: turning noise into digits with a trained denoiser.
 //!
-//! A sampler only knows the [`Denoiser`] interface, (x_t, t, class) -> prediction, never the UNet, so DDPM, DDIM
-//! and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad; the loop
+//! A sampler only knows the [`Denoiser`] interface, (x_t, t, class) -> prediction, never the UNet, so DDPM, DDIM,
+//! flow Euler and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad; the loop
 //! stays on the device and only copies to the host to grab animation frames.
 
 pub mod ddim;
 pub mod ddpm;
+pub mod euler;
 pub mod guidance;
 
 use tch::{Device, Kind, Tensor};
@@ -63,7 +64,7 @@ impl FrameRecorder {
     /// Offers the state after step `done` (1-based count of completed steps).
     pub(crate) fn offer(&mut self, x: &Tensor, done: usize) {
         if let Some(k) = self.every {
-            if done % k == 0 || done == 1 {
+            if done.is_multiple_of(k) || done == 1 {
                 self.frames.push(to_display(x).to_device(Device::Cpu));
             }
         }

@@ -20,6 +20,8 @@ pub enum Objective {
     Ddpm { schedule: ScheduleConfig },
     /// Part 3: x_t, class -> eps, with the class dropped (zeros) with probability `p_uncond`.
     Cfg { schedule: ScheduleConfig, p_uncond: f64 },
+    /// Rectified flow: x_t = (1 - t) x0 + t eps -> eps - x0, class-conditioned with the same dropout as `Cfg`.
+    Flow { p_uncond: f64 },
 }
 
 impl Objective {
@@ -29,12 +31,13 @@ impl Objective {
             Objective::Denoiser { .. } => "denoiser",
             Objective::Ddpm { .. } => "ddpm",
             Objective::Cfg { .. } => "cfg",
+            Objective::Flow { .. } => "flow",
         }
     }
 
     pub fn schedule(&self) -> Option<&ScheduleConfig> {
         match self {
-            Objective::Denoiser { .. } => None,
+            Objective::Denoiser { .. } | Objective::Flow { .. } => None,
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => Some(schedule),
         }
     }
@@ -47,6 +50,7 @@ pub enum ModelKind {
     Denoiser,
     Ddpm,
     Cfg,
+    Flow,
 }
 
 impl ModelKind {
@@ -70,6 +74,8 @@ impl ModelKind {
                 true,
                 true,
             ),
+            // Rectified flow (an extra): the cfg recipe with the flow objective.
+            ModelKind::Flow => (Objective::Flow { p_uncond: 0.1 }, 64, 20, 128, 1e-3, 0.1, true, true),
         };
         TrainConfig {
             objective,
@@ -91,6 +97,7 @@ impl ModelKind {
             ModelKind::Denoiser => "denoiser",
             ModelKind::Ddpm => "ddpm",
             ModelKind::Cfg => "cfg",
+            ModelKind::Flow => "flow",
         }
     }
 }
@@ -160,6 +167,7 @@ impl TrainConfig {
                     return Err(format!("--sigma must be a non-negative number, got {sigma}"));
                 }
             }
+            Objective::Flow { .. } => {}
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => {
                 if schedule.timesteps < 2 || schedule.timesteps > 10_000 {
                     return Err(format!(
@@ -173,7 +181,7 @@ impl TrainConfig {
                 }
             }
         }
-        if let Objective::Cfg { p_uncond, .. } = self.objective {
+        if let Objective::Cfg { p_uncond, .. } | Objective::Flow { p_uncond } = self.objective {
             if !(0.0..=1.0).contains(&p_uncond) {
                 return Err(format!("--p-uncond must be in [0, 1], got {p_uncond}"));
             }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod objective;
+pub mod test_metrics;
 pub mod trainer;
 
 pub use config::{Objective, TrainConfig};

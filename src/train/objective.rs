@@ -5,6 +5,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::flow_path;
 use crate::rng::RunRng;
 use crate::schedule::NoiseSchedule;
 
@@ -48,36 +49,51 @@ impl Prepared {
                 class: None,
                 target: x0.shallow_clone(),
             },
-            (Objective::Ddpm { .. }, Some(schedule)) | (Objective::Cfg { .. }, Some(schedule)) => {
+            (Objective::Ddpm { .. } | Objective::Cfg { .. }, Some(schedule)) => {
                 let steps = rng.integers(n as usize, schedule.timesteps() as i64);
-                let t_index = Tensor::from_slice(&steps).to_device(device);
-                let input = schedule.add_noise(x0, &t_index, &eps);
-                let t_norm: Vec<f32> = steps
+                let input = schedule.add_noise(x0, &Tensor::from_slice(&steps).to_device(device), &eps);
+                let t: Vec<f32> = steps
                     .iter()
                     .map(|&t| schedule.normalized_time(t as usize) as f32)
                     .collect();
-                let t = Some(Tensor::from_slice(&t_norm).to_device(device));
-                let class = match self.objective {
-                    Objective::Cfg { p_uncond, .. } => {
-                        let keep: Vec<f32> = rng
-                            .bernoullis(n as usize, p_uncond)
-                            .iter()
-                            .map(|&drop| if drop { 0.0 } else { 1.0 })
-                            .collect();
-                        let keep = Tensor::from_slice(&keep).to_device(device).view([-1, 1]);
-                        Some(one_hot(labels, device) * keep)
-                    }
-                    _ => None,
-                };
+                let class = self.class_with_dropout(labels, n, rng);
                 TrainingBatch {
                     input,
-                    t,
+                    t: Some(Tensor::from_slice(&t).to_device(device)),
                     class,
                     target: eps,
                 }
             }
-            _ => unreachable!("schedule is built for every diffusion objective"),
+            (Objective::Flow { .. }, _) => {
+                let t = Tensor::from_slice(&rng.uniforms(n as usize)).to_device(device); // [N] in [0, 1)
+                let input = flow_path::interpolate(x0, &eps, &t);
+                let class = self.class_with_dropout(labels, n, rng);
+                TrainingBatch {
+                    input,
+                    t: Some(t),
+                    class,
+                    target: flow_path::velocity(x0, &eps),
+                }
+            }
+            (Objective::Ddpm { .. } | Objective::Cfg { .. }, None) => {
+                unreachable!("Prepared::new builds a schedule for every DDPM objective")
+            }
         }
+    }
+
+    /// The one-hot class, replaced by zeros with probability p_uncond, for class-conditioned objectives.
+    fn class_with_dropout(&self, labels: &Tensor, n: i64, rng: &mut RunRng) -> Option<Tensor> {
+        let p_uncond = match self.objective {
+            Objective::Cfg { p_uncond, .. } | Objective::Flow { p_uncond } => p_uncond,
+            _ => return None,
+        };
+        let device = labels.device();
+        let keep: Vec<f32> = rng
+            .bernoullis(n as usize, p_uncond)
+            .iter()
+            .map(|&drop| f32::from(u8::from(!drop)))
+            .collect();
+        Some(one_hot(labels, device) * Tensor::from_slice(&keep).to_device(device).view([-1, 1]))
     }
 }
 

@@ -37,7 +37,7 @@ pub fn assert_clean_failure(out: &Output, expect_in_message: &str) {
         !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
         "panic:\n{err}"
     );
-    let last = err.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(
         last.starts_with("error: "),
         "last stderr line is not an error line:\n{err}"
