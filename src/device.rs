@@ -25,11 +25,18 @@ impl DeviceChoice {
     pub fn resolve(self) -> Result<Device, DeviceError> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Auto if tch::Cuda::is_available() => Ok(cuda()),
+            DeviceChoice::Auto => Ok(Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(cuda()),
             DeviceChoice::Cuda => Err(DeviceError::NoCuda),
         }
     }
+}
+
+/// The first GPU, with cuDNN's autotuner on (the UNet's shapes repeat every step, so tuning pays off at once).
+fn cuda() -> Device {
+    tch::Cuda::cudnn_set_benchmark(true);
+    Device::Cuda(0)
 }
 
 /// Sets libtorch's intra-op thread count; `None` keeps libtorch's choice (one per core).

@@ -56,20 +56,20 @@ pub struct Model {
 }
 
 impl Model {
-    /// A freshly initialised network; initialisation draws from libtorch's global generator, so seed it first
-    /// (`tch::manual_seed`) for a reproducible start.
+    /// A freshly initialised network. Initialisation draws from libtorch's CPU generator (seed it first with
+    /// `tch::manual_seed` for a reproducible start) and then moves to `device`, so a seed gives the same initial
+    /// weights on every device.
     pub fn new(config: &UNetConfig, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let net = BasicUNet::new(&vs.root(), config);
         // Convolution weights live in channels-last memory, like the activations (see `layout`).
         for (_, t) in vs.variables() {
             layout::make_channels_last(&t);
         }
-        Self {
-            config: config.clone(),
-            vs,
-            net,
+        if device != Device::Cpu {
+            vs.set_device(device);
         }
+        Self { config: config.clone(), vs, net }
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].

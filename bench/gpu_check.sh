@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# GPU check, run from the repository root on an NVIDIA machine that has PyTorch 2.11 (+cu130) installed, with a
+# `diffuse` binary built elsewhere (BIN) and the MNIST files (MNIST_DIR). Results go to $OUT.
+#   1. the same training steps on CPU and CUDA (same seed, same init, same batches) give the same losses;
+#   2. `diffuse bench` against bench/pytorch_ref.py on the same card, fp32 and bf16;
+#   3. the full 20-epoch cfg run (SPEC.md defaults) on the GPU: wall time, loss curve, figures, final weights.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+BIN=${BIN:-target/release/diffuse}
+PY=${PY:-python3}
+export MNIST_DIR=${MNIST_DIR:-.devcarry/mnist}
+mkdir -p "$OUT" "$OUT/work"
+TORCH_LIB=$($PY -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+W="$OUT/work"
+log() { echo "== $*"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+
+log "1. CPU vs CUDA: 4 training steps of cfg (D=64, batch 128) from the same seed"
+for dev in cpu cuda; do
+  "$BIN" train cfg --subset 512 --epochs 1 --no-figures --device "$dev" --out "$W/parity-$dev" 2>&1 | tail -n 2
+done
+$PY - "$W" <<'PY'
+import csv, sys
+w = sys.argv[1]
+rows = {d: [float(r["loss"]) for r in csv.DictReader(open(f"{w}/parity-{d}/losses.csv"))] for d in ("cpu", "cuda")}
+for i, (a, b) in enumerate(zip(rows["cpu"], rows["cuda"])):
+    print(f"step {i+1}: cpu {a:.6f} cuda {b:.6f} rel diff {abs(a-b)/abs(a):.2e}")
+# cuDNN may use TF32 for convolutions, so allow a small relative difference.
+ok = abs(rows["cpu"][0] - rows["cuda"][0]) / rows["cpu"][0] < 2e-3
+print("PARITY", "OK" if ok else "FAILED")
+PY
+
+log "2. bench: diffuse vs PyTorch eager on this card"
+for prec in fp32 bf16; do
+  "$BIN" bench --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
+  $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
+  $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --channels-last --warmup 20 --steps 100 --sample-steps 100 --json
+done 2>&1 | tee "$OUT/bench.jsonl"
+
+log "3. full cfg run (20 epochs, SPEC.md defaults) on the GPU, precision ${PRECISION:-fp32}"
+start=$(date +%s)
+timeout "${TRAIN_TIMEOUT:-330}" "$BIN" train cfg --device cuda --precision "${PRECISION:-fp32}" --out "$W/cfg20" 2>&1 | grep -v "step " | tail -n 25
+end=$(date +%s)
+echo "cfg 20-epoch wall time (incl. figures): $((end - start)) s"
+last=$(ls -d "$W"/cfg20/checkpoints/epoch-* 2>/dev/null | tail -n 1)
+cp "$W/cfg20/losses.csv" "$W/cfg20/figures/loss.png" "$OUT/" 2>/dev/null
+cp "$W/cfg20/figures/reverse.gif" "$OUT/" 2>/dev/null
+ls "$W"/cfg20/figures/samples-epoch-*.png 2>/dev/null | tail -n 1 | xargs -r -I{} cp {} "$OUT/samples-final.png"
+[ -n "$last" ] && cp "$last/model.safetensors" "$OUT/model.safetensors" && cp "$last/state.json" "$W/state.json"
+rm -rf "$W"
+ls -la "$OUT"
