@@ -30,6 +30,15 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
+    /// How the sampler is written in titles and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "DDPM",
+            SamplerKind::Ddim => "DDIM",
+            SamplerKind::Euler => "Euler",
+        }
+    }
+
     /// The sampler a run's objective uses when none is asked for.
     pub fn default_for(objective: &Objective) -> Self {
         match objective {

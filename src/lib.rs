@@ -17,6 +17,7 @@ pub mod layout;
 pub mod model;
 pub mod optim;
 pub mod precision;
+pub mod pretrained;
 pub mod rng;
 pub mod run_figures;
 pub mod sampler;

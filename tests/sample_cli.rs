@@ -142,3 +142,34 @@ fn flow_trains_and_samples_with_euler_and_refuses_ddpm_samplers() {
     assert_eq!(images.dims, vec![20, 28, 28]);
     assert_clean_failure(&run(&["sample", "--run", r, "--sampler", "ddpm", "--out", p]), "euler");
 }
+
+#[test]
+fn the_shipped_model_samples_without_a_run_and_unknown_models_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let png = tmp.path().join("shipped.png");
+    let prefix = tmp.path().join("shipped");
+    let p = png.to_str().expect("utf8");
+    let out = run(&[
+        "sample",
+        "--digits",
+        "7",
+        "--per-digit",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--out",
+        p,
+        "--idx",
+        prefix.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labels = diffuse::data::read_idx(&tmp.path().join("shipped-labels-idx1-ubyte")).expect("labels");
+    assert_eq!(labels.data, vec![7, 7]);
+    assert_clean_failure(
+        &run(&["sample", "--model", "no-such-model", "--out", p]),
+        "no-such-model",
+    );
+    assert_clean_failure(&run(&["sample", "--model", "../etc", "--out", p]), "plain name");
+}

@@ -13,15 +13,18 @@ use diffuse::figures::gif::write_gif;
 use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
 use diffuse::generate::{generate, step_count, GenerateOptions, Request, SamplerKind};
 use diffuse::precision::Precision;
+use diffuse::pretrained;
 use diffuse::run_figures::diffusion::frames_to_grids;
-use diffuse::train::trainer::load_model;
 
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
-    /// Run folder of a ddpm, cfg or flow training run.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub run: PathBuf,
+    /// Run folder of a ddpm, cfg or flow training run (or a model folder).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// A shipped model from models/ [default: cfg-d64 when no --run is given].
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
     /// Checkpoint epoch [default: the newest].
     #[arg(long)]
     pub epoch: Option<usize>,
@@ -67,8 +70,12 @@ const MAX_SAMPLES: usize = 10_000;
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     device::set_threads(args.threads);
     let device = args.device.resolve()?;
-    let (epoch, model, config) = load_model(&args.run, args.epoch, device)
-        .with_context(|| format!("cannot load a model from {}", args.run.display()))?;
+    let source = match (&args.run, &args.model) {
+        (Some(run), _) => run.clone(),
+        (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
+    };
+    let pretrained::Loaded { model, config, label } = pretrained::load(&source, args.epoch, device)
+        .with_context(|| format!("cannot load a model from {}", source.display()))?;
     let class_cond = config.model.class_cond;
     let (request, rows, cols) = if class_cond {
         if args.n.is_some() {
@@ -146,9 +153,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         String::new()
     };
     let title = format!(
-        "{} epoch {epoch}: {:?} {steps} steps{guidance}, seed {}",
-        config.objective.name(),
-        args.sampler,
+        "{label}: {} {steps} steps{guidance}, seed {}",
+        sampler.label(),
         args.seed
     );
     save_png(

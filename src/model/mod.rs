@@ -69,7 +69,11 @@ impl Model {
         if device != Device::Cpu {
             vs.set_device(device);
         }
-        Self { config: config.clone(), vs, net }
+        Self {
+            config: config.clone(),
+            vs,
+            net,
+        }
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].

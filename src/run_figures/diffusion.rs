@@ -65,8 +65,9 @@ pub fn sample_figures(
         String::new()
     };
     let steps = crate::generate::step_count(config, &options);
+    let sampler = crate::generate::SamplerKind::default_for(&config.objective).label();
     let title = format!(
-        "{} samples after epoch {epoch} (DDPM, {steps} steps{guidance})",
+        "{} samples after epoch {epoch} ({sampler}, {steps} steps{guidance})",
         config.objective.name()
     );
     let img = labelled_grid(&to_pixels(&output.images), &spec, &row_labels, &[], Some(&title))?;
