@@ -11,9 +11,8 @@ use crate::model::Model;
 use crate::precision::{autocast, Precision};
 use crate::rng::RunRng;
 use crate::sampler::guidance::Guided;
-use crate::sampler::{ddim, ddpm, euler, Denoiser, FrameEvery, SampleOutput};
+use crate::sampler::{ddim, ddpm, euler, Denoiser, FrameEvery, NoiseSource, SampleOutput};
 use crate::schedule::NoiseSchedule;
-use crate::train::objective::one_hot;
 use crate::train::{Objective, TrainConfig};
 
 /// The `--sampler` flag.
@@ -101,6 +100,8 @@ pub enum GenerateError {
 pub enum Request {
     Unconditional(usize),
     Classes(Vec<u8>),
+    /// Per image: a digit, or None for "any digit" (the no-class input).
+    Mixed(Vec<Option<u8>>),
 }
 
 impl Request {
@@ -108,6 +109,7 @@ impl Request {
         match self {
             Request::Unconditional(n) => *n,
             Request::Classes(c) => c.len(),
+            Request::Mixed(c) => c.len(),
         }
     }
 
@@ -116,12 +118,23 @@ impl Request {
     }
 }
 
-/// Draws digits from `model` (trained with `config`).
+/// Draws digits from `model` (trained with `config`), with noise from `options.seed`.
 pub fn generate(
     model: &Model,
     config: &TrainConfig,
     request: &Request,
     options: &GenerateOptions,
+) -> Result<SampleOutput, GenerateError> {
+    generate_with_noise(model, config, request, options, &mut RunRng::new(options.seed))
+}
+
+/// [`generate`] with the noise drawn from `noise` (e.g. one stream per batched server request).
+pub fn generate_with_noise(
+    model: &Model,
+    config: &TrainConfig,
+    request: &Request,
+    options: &GenerateOptions,
+    noise: &mut dyn NoiseSource,
 ) -> Result<SampleOutput, GenerateError> {
     if matches!(config.objective, Objective::Denoiser { .. }) {
         return Err(GenerateError::NotGenerative);
@@ -158,10 +171,20 @@ pub fn generate(
             if let Some(&bad) = classes.iter().find(|&&c| c > 9) {
                 return Err(GenerateError::BadDigit(bad));
             }
-            let labels: Vec<i64> = classes.iter().map(|&c| c as i64).collect();
-            Some(one_hot(&Tensor::from_slice(&labels), device))
+            Some(class_vectors(
+                &classes.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
+                device,
+            ))
         }
-        (Request::Classes(_), false) => return Err(GenerateError::NotConditioned(config.objective.name())),
+        (Request::Mixed(labels), true) => {
+            if let Some(bad) = labels.iter().flatten().find(|&&c| c > 9) {
+                return Err(GenerateError::BadDigit(*bad));
+            }
+            Some(class_vectors(labels, device))
+        }
+        (Request::Classes(_) | Request::Mixed(_), false) => {
+            return Err(GenerateError::NotConditioned(config.objective.name()))
+        }
         // An unconditional draw from a class-conditioned model: the "no class" vector.
         (Request::Unconditional(n), true) => Some(Tensor::zeros([*n as i64, 10], (Kind::Float, device))),
         (Request::Unconditional(_), false) => None,
@@ -171,17 +194,27 @@ pub fn generate(
         inner: model,
         gamma: options.guidance,
     };
-    let mut rng = RunRng::new(options.seed);
     let frames = FrameEvery(options.frame_every);
     let steps = options.steps.unwrap_or(DEFAULT_STEPS);
     let output = autocast(options.precision, device, || match (sampler, &schedule) {
-        (SamplerKind::Ddpm, Some(schedule)) => ddpm::sample(&guided, schedule, n, class.as_ref(), &mut rng, frames),
-        (SamplerKind::Ddim, Some(schedule)) => {
-            ddim::sample(&guided, schedule, steps, n, class.as_ref(), &mut rng, frames)
-        }
-        _ => euler::sample(&guided, steps, n, class.as_ref(), &mut rng, frames),
+        (SamplerKind::Ddpm, Some(schedule)) => ddpm::sample(&guided, schedule, n, class.as_ref(), noise, frames),
+        (SamplerKind::Ddim, Some(schedule)) => ddim::sample(&guided, schedule, steps, n, class.as_ref(), noise, frames),
+        _ => euler::sample(&guided, steps, n, class.as_ref(), noise, frames),
     });
     Ok(output)
+}
+
+/// [N, 10]: the one-hot of each digit, all zeros for None.
+fn class_vectors(labels: &[Option<u8>], device: tch::Device) -> Tensor {
+    let mut values = vec![0f32; labels.len() * 10];
+    for (i, label) in labels.iter().enumerate() {
+        if let Some(c) = label {
+            values[i * 10 + *c as usize] = 1.0;
+        }
+    }
+    Tensor::from_slice(&values)
+        .view([labels.len() as i64, 10])
+        .to_device(device)
 }
 
 /// The number of network evaluations a sampler will make (for frame spacing and titles).

@@ -22,5 +22,6 @@ pub mod rng;
 pub mod run_figures;
 pub mod sampler;
 pub mod schedule;
+pub mod server;
 pub mod tensor_io;
 pub mod train;

@@ -5,6 +5,7 @@ mod data;
 mod figures;
 mod progress;
 mod sample;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Train(train::TrainCommand),
     /// Draw digits from a trained run (PNG grid, GIF, IDX).
     Sample(sample::SampleArgs),
+    /// Serve a model over HTTP: an API and a web page.
+    Serve(serve::ServeArgs),
     /// Measure training and sampling throughput and peak memory.
     Bench(bench::BenchArgs),
     /// Regenerate a run's figures from its checkpoints.
@@ -46,13 +49,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Figures(args) => figures::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level that `-v` picks.
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        0 => "warn,diffuse::server=info",
         1 => "info,diffuse=debug",
         _ => "debug",
     };
@@ -61,6 +65,7 @@ pub fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

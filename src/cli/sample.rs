@@ -145,7 +145,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             .chunks(cols)
             .map(|c| config.dataset.class_names()[c[0] as usize].to_string())
             .collect(),
-        Request::Unconditional(_) => Vec::new(),
+        Request::Unconditional(_) | Request::Mixed(_) => Vec::new(),
     };
     let guidance = if class_cond {
         format!(", guidance {}", options.guidance)

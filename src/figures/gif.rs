@@ -17,6 +17,20 @@ const QUANT_SPEED: i32 = 10;
 /// Writes `frames` as a GIF that loops forever: each frame shows for `delay_ms`, the last
 /// for `max(delay_ms, hold_last_ms)`. All frames must have the same size.
 pub fn write_gif(path: &Path, frames: &[GrayImage], delay_ms: u32, hold_last_ms: u32) -> Result<(), FigureError> {
+    write_atomic(path, &gif_bytes_labelled(path, frames, delay_ms, hold_last_ms)?)
+}
+
+/// The bytes [`write_gif`] would write (for serving over HTTP).
+pub fn gif_bytes(frames: &[GrayImage], delay_ms: u32, hold_last_ms: u32) -> Result<Vec<u8>, FigureError> {
+    gif_bytes_labelled(Path::new("(in memory)"), frames, delay_ms, hold_last_ms)
+}
+
+fn gif_bytes_labelled(
+    path: &Path,
+    frames: &[GrayImage],
+    delay_ms: u32,
+    hold_last_ms: u32,
+) -> Result<Vec<u8>, FigureError> {
     let rgba = frames.iter().map(|f| {
         RgbaImage::from_fn(f.width(), f.height(), |x, y| {
             let v = f.get_pixel(x, y).0[0];
@@ -37,18 +51,18 @@ pub fn write_gif_rgb(path: &Path, frames: &[RgbImage], delay_ms: u32, hold_last_
         })
     });
     let sizes: Vec<_> = frames.iter().map(|f| f.dimensions()).collect();
-    encode_frames(path, &sizes, rgba, delay_ms, hold_last_ms)
+    write_atomic(path, &encode_frames(path, &sizes, rgba, delay_ms, hold_last_ms)?)
 }
 
 /// Checks sizes up front (so nothing is encoded for a bad batch), then encodes lazily
-/// converted frames into memory and writes the file atomically.
+/// converted frames into memory; `path` only labels errors.
 fn encode_frames(
     path: &Path,
     sizes: &[(u32, u32)],
     frames: impl Iterator<Item = RgbaImage>,
     delay_ms: u32,
     hold_last_ms: u32,
-) -> Result<(), FigureError> {
+) -> Result<Vec<u8>, FigureError> {
     let Some(&first) = sizes.first() else {
         return Err(FigureError::BadInput("a GIF needs at least one frame".into()));
     };
@@ -88,7 +102,7 @@ fn encode_frames(
                 .map_err(encode_err)?;
         }
     }
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -372,3 +372,12 @@ mod tests {
         Ok(())
     }
 }
+
+/// PNG bytes of a grid (for serving over HTTP).
+pub fn png_bytes<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>, FigureError>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    super::encode_png(img, Path::new("(in memory)"))
+}

@@ -6,8 +6,7 @@
 
 use tch::Tensor;
 
-use super::{initial_noise, time_vector, Denoiser, FrameEvery, FrameRecorder, SampleOutput};
-use crate::rng::RunRng;
+use super::{time_vector, Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
 use crate::schedule::NoiseSchedule;
 
 /// The timesteps DDIM visits, noisiest first: round(i (T-1) / (steps-1)) for i = steps-1 .. 0, deduplicated.
@@ -32,14 +31,14 @@ pub fn sample(
     steps: usize,
     n: i64,
     class: Option<&Tensor>,
-    rng: &mut RunRng,
+    noise: &mut dyn NoiseSource,
     frames: FrameEvery,
 ) -> SampleOutput {
     let device = denoiser.device();
     let visit = timesteps(schedule.timesteps(), steps);
     let mut recorder = FrameRecorder::new(frames);
     tch::no_grad(|| {
-        let mut x = initial_noise(n, rng, device); // [n, 1, 28, 28]
+        let mut x = noise.images(n, device); // [n, 1, 28, 28]
         for (i, &t) in visit.iter().enumerate() {
             let eps = denoiser.predict(&x, &time_vector(n, schedule.normalized_time(t), device), class);
             let alpha_bar = schedule.alpha_bar[t];
@@ -57,6 +56,7 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::RunRng;
     use crate::sampler::dummies::Zero;
     use crate::schedule::ScheduleConfig;
     use tch::Kind;

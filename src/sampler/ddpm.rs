@@ -2,8 +2,7 @@
 
 use tch::Tensor;
 
-use super::{initial_noise, time_vector, Denoiser, FrameEvery, FrameRecorder, SampleOutput};
-use crate::rng::RunRng;
+use super::{time_vector, Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
 use crate::schedule::NoiseSchedule;
 
 /// Draws `n` samples. `class` is [n, 10] (or None for unconditional models). Noise comes from `rng`: x_T first,
@@ -13,14 +12,14 @@ pub fn sample(
     schedule: &NoiseSchedule,
     n: i64,
     class: Option<&Tensor>,
-    rng: &mut RunRng,
+    noise: &mut dyn NoiseSource,
     frames: FrameEvery,
 ) -> SampleOutput {
     let device = denoiser.device();
     let total = schedule.timesteps();
     let mut recorder = FrameRecorder::new(frames);
     tch::no_grad(|| {
-        let mut x = initial_noise(n, rng, device); // x_{T-1} ~ N(0, I), [n, 1, 28, 28]
+        let mut x = noise.images(n, device); // x_{T-1} ~ N(0, I), [n, 1, 28, 28]
         for (done, t) in (0..total).rev().enumerate() {
             let eps = denoiser.predict(&x, &time_vector(n, schedule.normalized_time(t), device), class);
             // 1. x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
@@ -30,7 +29,7 @@ pub fn sample(
             let mean = x0_hat * schedule.posterior_mean_coef_x0[t] + &x * schedule.posterior_mean_coef_xt[t];
             // 3. x_{t-1} = mean + sqrt(beta_t) z, no noise on the last step
             x = if t > 0 {
-                mean + initial_noise(n, rng, device) * schedule.betas[t].sqrt()
+                mean + noise.images(n, device) * schedule.betas[t].sqrt()
             } else {
                 mean
             };
@@ -43,6 +42,7 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::RunRng;
     use crate::sampler::dummies::Zero;
     use crate::schedule::ScheduleConfig;
     use tch::Kind;

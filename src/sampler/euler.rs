@@ -3,8 +3,7 @@
 
 use tch::Tensor;
 
-use super::{initial_noise, time_vector, Denoiser, FrameEvery, FrameRecorder, SampleOutput};
-use crate::rng::RunRng;
+use super::{time_vector, Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
 
 /// Draws `n` samples in `steps` uniform Euler steps. Only x_1 is random.
 pub fn sample(
@@ -12,7 +11,7 @@ pub fn sample(
     steps: usize,
     n: i64,
     class: Option<&Tensor>,
-    rng: &mut RunRng,
+    noise: &mut dyn NoiseSource,
     frames: FrameEvery,
 ) -> SampleOutput {
     let device = velocity.device();
@@ -20,7 +19,7 @@ pub fn sample(
     let dt = 1.0 / steps as f64;
     let mut recorder = FrameRecorder::new(frames);
     tch::no_grad(|| {
-        let mut x = initial_noise(n, rng, device); // x_1 ~ N(0, I), [n, 1, 28, 28]
+        let mut x = noise.images(n, device); // x_1 ~ N(0, I), [n, 1, 28, 28]
         for i in 0..steps {
             let t = 1.0 - i as f64 * dt;
             // x_{t - dt} = x_t - dt v(x_t, t)
@@ -35,6 +34,7 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::RunRng;
     use crate::sampler::dummies::Zero;
     use tch::{Device, Kind};
 

@@ -87,9 +87,32 @@ pub fn to_display(x: &Tensor) -> Tensor {
     x.to_kind(Kind::Float).clamp(0.0, 1.0)
 }
 
-/// Starting noise x_T ~ N(0, I) of `n` images, from the caller's stream.
-pub(crate) fn initial_noise(n: i64, rng: &mut RunRng, device: Device) -> Tensor {
-    rng.normal_tensor(&[n, 1, 28, 28], device)
+/// Where a sampler's Gaussian noise comes from: one stream for the whole batch, or one stream per request when the
+/// server batches several requests together, so each request's digits depend only on its own seed.
+pub trait NoiseSource {
+    /// [n, 1, 28, 28] standard normal noise for the whole batch.
+    fn images(&mut self, n: i64, device: Device) -> Tensor;
+}
+
+impl NoiseSource for RunRng {
+    fn images(&mut self, n: i64, device: Device) -> Tensor {
+        self.normal_tensor(&[n, 1, 28, 28], device)
+    }
+}
+
+/// Concatenated noise of several requests: `(stream, images)` parts, in batch order.
+pub struct PerRequestNoise(pub Vec<(RunRng, i64)>);
+
+impl NoiseSource for PerRequestNoise {
+    fn images(&mut self, n: i64, device: Device) -> Tensor {
+        debug_assert_eq!(n, self.0.iter().map(|(_, k)| k).sum::<i64>());
+        let parts: Vec<Tensor> = self
+            .0
+            .iter_mut()
+            .map(|(rng, k)| rng.normal_tensor(&[*k, 1, 28, 28], device))
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
 }
 
 /// A constant time vector [n] for the network.

@@ -67,3 +67,72 @@ pub fn tiny(kind: &str, out: &Path, extra: &[&str]) -> Vec<String> {
 pub fn run_owned(args: &[String]) -> Output {
     diffuse().args(args).output().expect("spawn diffuse")
 }
+
+/// A `diffuse serve` process on a free loopback port, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = diffuse()
+            .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn diffuse serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
+        Server { child, base }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client that returns 4xx/5xx responses instead of errors.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// GET `url`: (status, content type, body bytes).
+pub fn get(agent: &ureq::Agent, url: &str) -> (u16, String, Vec<u8>) {
+    let mut response = agent.get(url).call().expect("request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .expect("body");
+    (status, content_type, body)
+}
