@@ -18,6 +18,7 @@ pub mod model;
 pub mod optim;
 pub mod precision;
 pub mod pretrained;
+pub mod report;
 pub mod rng;
 pub mod run_figures;
 pub mod sampler;

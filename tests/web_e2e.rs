@@ -32,17 +32,27 @@ impl Driver {
             std::path::Path::new(&binary).exists(),
             "{binary} not found: install Debian's chromium and chromium-driver (see .ci/run)"
         );
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let child = Command::new(&binary)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
-        let driver = Driver { child, base: format!("http://127.0.0.1:{port}"), agent: http() };
+        let driver = Driver {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            agent: http(),
+        };
         let started = Instant::now();
         while driver.agent.get(&format!("{}/status", driver.base)).call().is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         driver
@@ -53,7 +63,11 @@ impl Driver {
         let mut response = match method {
             "GET" => self.agent.get(&url).call(),
             "DELETE" => self.agent.delete(&url).call(),
-            _ => self.agent.post(&url).header("content-type", "application/json").send(body.to_string()),
+            _ => self
+                .agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body.to_string()),
         }
         .expect("webdriver request");
         let status = response.status().as_u16();
@@ -95,13 +109,28 @@ fn the_page_generates_a_digit_in_headless_chromium() {
     driver.call("POST", &s("/url"), json!({"url": format!("{}/", server.base)}));
     // The page fills the sampler list from /api/models; wait for it, then ask for two 7s with 3 DDIM steps.
     let started = Instant::now();
-    while script("return document.getElementById('sampler').options.length").as_u64().unwrap_or(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the page never loaded the model list");
+    while script("return document.getElementById('sampler').options.length")
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the page never loaded the model list"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     script("document.getElementById('digit').value = '7'; document.getElementById('n').value = '2'; document.getElementById('sampler').value = 'ddim'; document.getElementById('steps').value = '3'; return true");
-    let button = driver.call("POST", &s("/element"), json!({"using": "css selector", "value": "#generate"}));
-    let element = button.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("element id");
+    let button = driver.call(
+        "POST",
+        &s("/element"),
+        json!({"using": "css selector", "value": "#generate"}),
+    );
+    let element = button
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(Value::as_str)
+        .expect("element id");
     driver.call("POST", &s(&format!("/element/{element}/click")), json!({}));
 
     let started = Instant::now();
@@ -112,7 +141,10 @@ fn the_page_generates_a_digit_in_headless_chromium() {
         if state[0] == json!(false) && state[1].as_u64().unwrap_or(0) > 0 {
             break state;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no image appeared: {state}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no image appeared: {state}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(state[2].as_str().unwrap_or("").contains("digit 7"), "{state}");
@@ -123,7 +155,9 @@ fn the_page_generates_a_digit_in_headless_chromium() {
     if let Ok(path) = std::env::var("DIFFUSE_SCREENSHOT") {
         use base64::Engine as _;
         let png = driver.call("GET", &s("/screenshot"), json!({}));
-        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().expect("b64")).expect("b64");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("b64"))
+            .expect("b64");
         std::fs::write(path, bytes).expect("write screenshot");
     }
     driver.call("DELETE", &s(""), json!({}));

@@ -3,7 +3,9 @@
 mod bench;
 mod data;
 mod figures;
+mod plot_losses;
 mod progress;
+mod report;
 mod sample;
 mod serve;
 mod train;
@@ -36,6 +38,10 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Serve a model over HTTP: an API and a web page.
     Serve(serve::ServeArgs),
+    /// Write one self-contained HTML report of runs (config, losses, figures, metrics, timings).
+    Report(report::ReportArgs),
+    /// Overlay the per-step loss curves of several runs.
+    PlotLosses(plot_losses::PlotLossesArgs),
     /// Measure training and sampling throughput and peak memory.
     Bench(bench::BenchArgs),
     /// Regenerate a run's figures from its checkpoints.
@@ -50,6 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures(args) => figures::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Report(args) => report::run(args),
+        Command::PlotLosses(args) => plot_losses::run(args),
     }
 }
 

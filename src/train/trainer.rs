@@ -111,6 +111,9 @@ struct TrainState {
     optimizer_step: i64,
     rng: RunRng,
     losses: Vec<f32>,
+    /// Wall seconds of each epoch (training only).
+    #[serde(default)]
+    epoch_seconds: Vec<f64>,
     config: TrainConfig,
 }
 
@@ -125,6 +128,8 @@ pub struct Trainer {
     pub epoch: usize,
     /// One loss per optimizer step, the whole run so far.
     pub losses: Vec<f32>,
+    /// Wall seconds of each finished epoch.
+    pub epoch_seconds: Vec<f64>,
     /// Testing aid for the fault tests: replace the loss at this global step (1-based) with NaN.
     pub inject_nan_at_step: Option<i64>,
 }
@@ -172,6 +177,7 @@ impl Trainer {
             rng,
             epoch: 0,
             losses: Vec::new(),
+            epoch_seconds: Vec::new(),
             inject_nan_at_step: None,
         }
     }
@@ -196,6 +202,7 @@ impl Trainer {
         trainer.adam.load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
         trainer.epoch = state.epoch;
         trainer.losses = state.losses;
+        trainer.epoch_seconds = state.epoch_seconds;
         Ok(trainer)
     }
 
@@ -227,6 +234,7 @@ impl Trainer {
         }
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
+        self.epoch_seconds.push(seconds);
         let epoch_losses = &self.losses[first_loss..];
         let mean = epoch_losses.iter().map(|&l| l as f64).sum::<f64>() / epoch_losses.len().max(1) as f64;
         progress.epoch_end(self.epoch, mean, n as f64 / seconds.max(1e-9));
@@ -282,6 +290,7 @@ impl Trainer {
             optimizer_step: self.adam.step,
             rng: self.rng.clone(),
             losses: self.losses.clone(),
+            epoch_seconds: self.epoch_seconds.clone(),
             config: self.config.clone(),
         };
         let dir = checkpoint::write(&self.run_dir, self.epoch, |dir: &Path| -> Result<(), TrainError> {
@@ -346,8 +355,26 @@ pub fn read_run_config(run_dir: &Path, epoch: Option<usize>) -> Result<(usize, P
 
 /// The loss history saved in a run's newest checkpoint.
 pub fn read_losses(run_dir: &Path) -> Result<Vec<f32>, TrainError> {
+    Ok(read_history(run_dir)?.losses)
+}
+
+/// What a run's newest checkpoint records about its progress.
+pub struct History {
+    pub epoch: usize,
+    pub losses: Vec<f32>,
+    pub epoch_seconds: Vec<f64>,
+    pub config: TrainConfig,
+}
+
+pub fn read_history(run_dir: &Path) -> Result<History, TrainError> {
     let (_, dir) = checkpoint::latest(run_dir)?;
-    Ok(read_state(&dir)?.losses)
+    let state = read_state(&dir)?;
+    Ok(History {
+        epoch: state.epoch,
+        losses: state.losses,
+        epoch_seconds: state.epoch_seconds,
+        config: state.config,
+    })
 }
 
 /// Loads the model of a run's checkpoint (`None` = newest) for inference.
