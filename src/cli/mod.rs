@@ -6,6 +6,7 @@ mod figures;
 mod plot_losses;
 mod progress;
 mod report;
+mod runtime;
 mod sample;
 mod serve;
 mod train;

@@ -5,14 +5,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
+
+use super::runtime::RuntimeArgs;
 use tch::{Kind, Tensor};
 
 use diffuse::data::write_idx;
-use diffuse::device::{self, DeviceChoice};
+use diffuse::device;
 use diffuse::figures::gif::write_gif;
 use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
 use diffuse::generate::{generate, step_count, GenerateOptions, Request, SamplerKind};
-use diffuse::precision::Precision;
 use diffuse::pretrained;
 use diffuse::run_figures::diffusion::frames_to_grids;
 
@@ -57,19 +58,14 @@ pub struct SampleArgs {
     /// Also write PREFIX-images-idx3-ubyte (uint8 [N,28,28]) and PREFIX-labels-idx1-ubyte (the requested digits).
     #[arg(long, value_name = "PREFIX")]
     pub idx: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 const MAX_SAMPLES: usize = 10_000;
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    device::set_threads(args.threads);
-    let device = args.device.resolve()?;
+    let device = args.runtime.device()?;
     let source = match (&args.run, &args.model) {
         (Some(run), _) => run.clone(),
         (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
@@ -119,7 +115,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         guidance: args.guidance.unwrap_or(5.0),
         seed: args.seed,
         frame_every: None,
-        precision: args.precision,
+        precision: args.runtime.precision,
     };
     let steps = step_count(&config, &options);
     if args.gif.is_some() {

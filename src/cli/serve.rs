@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use diffuse::device::{self, DeviceChoice};
-use diffuse::precision::Precision;
+use super::runtime::RuntimeArgs;
+
+use diffuse::device;
 use diffuse::pretrained;
 use diffuse::server::{self, ServeOptions};
 
@@ -29,17 +30,12 @@ pub struct ServeArgs {
     /// Seconds a request may wait for its digits before it gets 504.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    device::set_threads(args.threads);
-    let device = args.device.resolve()?;
+    let device = args.runtime.device()?;
     let (source, name) = match (&args.run, &args.model) {
         (Some(run), _) => (run.clone(), run.display().to_string()),
         (None, name) => {
@@ -65,7 +61,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         addr: args.addr,
         queue: args.queue,
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
-        precision: args.precision,
+        precision: args.runtime.precision,
     };
     server::run(loaded, name, options).with_context(|| format!("cannot serve on {}", args.addr))
 }

@@ -63,18 +63,18 @@ fn read_at_most(reader: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
     Ok((out.len() as u64 <= limit).then_some(out))
 }
 
+/// Gzips bytes in memory (test fixtures).
+#[cfg(test)]
+pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("gzip in memory");
+    enc.finish().expect("gzip in memory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::write::GzEncoder;
-    use flate2::Compression;
-    use std::io::Write;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(bytes).expect("gzip in memory");
-        enc.finish().expect("gzip in memory")
-    }
 
     #[test]
     fn gzip_bomb_stops_at_the_limit() {

@@ -227,14 +227,7 @@ pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), IdxErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::write::GzEncoder;
-    use flate2::Compression;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(bytes).expect("gzip in memory");
-        enc.finish().expect("gzip in memory")
-    }
+    use crate::data::gunzip::gzip;
 
     /// A 2x3 array written by hand from the format description, not by `write_idx`.
     fn tiny_idx() -> Vec<u8> {
