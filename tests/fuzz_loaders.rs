@@ -25,7 +25,10 @@ fn safetensors_file() -> Vec<u8> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.safetensors");
     let mut tensors = BTreeMap::new();
-    tensors.insert("a.weight".to_string(), Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]));
+    tensors.insert(
+        "a.weight".to_string(),
+        Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]),
+    );
     tensors.insert("b.bias".to_string(), Tensor::arange(5, (Kind::Float, Device::Cpu)));
     tensor_io::write(&path, &tensors).expect("write");
     std::fs::read(&path).expect("read")

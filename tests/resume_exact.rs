@@ -23,8 +23,21 @@ fn random_millis(max: u64) -> u64 {
     (nanos as u64 / 1000) % max
 }
 
+/// fp32 for the denoiser, bf16 autocast for cfg: exact resume must hold in both precisions.
+fn precision_of(kind: &str) -> &'static str {
+    if kind == "denoiser" {
+        "fp32"
+    } else {
+        "bf16"
+    }
+}
+
 fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path) {
-    let args = tiny(kind, killed, &["--epochs", "2", "--seed", "11"]);
+    let args = tiny(
+        kind,
+        killed,
+        &["--epochs", "2", "--seed", "11", "--precision", precision_of(kind)],
+    );
     let mut child = diffuse()
         .args(&args)
         .stdout(Stdio::null())
@@ -81,11 +94,19 @@ fn sigkill_during_epoch_two_then_resume_is_byte_identical() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for kind in ["denoiser", "cfg"] {
         let straight = tmp.path().join(format!("{kind}-straight"));
-        let out = run_owned(&tiny(kind, &straight, &["--epochs", "2", "--seed", "11"]));
+        let out = run_owned(&tiny(
+            kind,
+            &straight,
+            &["--epochs", "2", "--seed", "11", "--precision", precision_of(kind)],
+        ));
         assert!(out.status.success(), "{}", stderr(&out));
         // A different seed must give different weights, or the comparison below proves nothing.
         let other = tmp.path().join(format!("{kind}-other-seed"));
-        let out = run_owned(&tiny(kind, &other, &["--epochs", "1", "--seed", "12"]));
+        let out = run_owned(&tiny(
+            kind,
+            &other,
+            &["--epochs", "1", "--seed", "12", "--precision", precision_of(kind)],
+        ));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_ne!(
             checkpoint_bytes(&straight, 1, "model.safetensors"),

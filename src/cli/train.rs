@@ -87,6 +87,7 @@ pub struct CommonArgs {
     pub seed: Option<u64>,
     #[arg(long, value_enum)]
     pub dataset: Option<Dataset>,
+    /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
@@ -168,6 +169,7 @@ impl CommonArgs {
         c.lr_final_ratio = self.lr_final_ratio.unwrap_or(c.lr_final_ratio);
         c.subset = self.subset;
         c.seed = self.seed.unwrap_or(c.seed);
+        // Filled in by `train` once the device is known, unless given.
         c.precision = self.precision.unwrap_or(c.precision);
         c
     }
@@ -244,6 +246,10 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         eprintln!("resuming {} after epoch {}", run_dir.display(), trainer.epoch);
         trainer
     } else {
+        let mut config = config;
+        if common.precision.is_none() {
+            config.precision = Precision::preferred(device);
+        }
         config.validate().map_err(anyhow::Error::msg)?;
         let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, &run_dir, device)?
