@@ -1,10 +1,12 @@
-// What tch 0.24 does not expose, called from src/precision.rs:
+// What tch 0.24 does not expose, called from src/precision.rs, src/layout.rs and src/optim.rs:
 // - libtorch's autocast, which tch only offers for CUDA fp16. Enabling sets the autocast dtype and turns it on for
 //   the device type; disabling turns it off and drops autocast's cache of down-cast weights (stale after an
 //   optimizer step).
 // - the channels-last memory format, which makes oneDNN convolutions markedly faster on CPU, bf16 above all.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+
+#include <vector>
 
 extern "C" {
 
@@ -44,6 +46,28 @@ void diffuse_make_channels_last(void *tensor) {
 int diffuse_is_channels_last(void *tensor) {
     const at::Tensor &t = *static_cast<at::Tensor *>(tensor);
     return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0;
+}
+
+// One Adam update of every parameter with ATen's fused kernel (a single multi-tensor launch on CUDA, one
+// vectorised pass on CPU) instead of several elementwise ops per parameter. `steps` are float scalar tensors holding
+// the completed step count; like torch.optim.Adam, they are incremented here before the kernel reads them. Runs
+// under no-grad: parameters are autograd leaves.
+void diffuse_fused_adam(void **params, void **grads, void **exp_avgs, void **exp_avg_sqs, void **steps, int n,
+                        double lr, double beta1, double beta2, double eps) {
+    at::NoGradGuard no_grad;
+    auto list = [n](void **handles) {
+        std::vector<at::Tensor> out;
+        out.reserve(n);
+        for (int i = 0; i < n; ++i) {
+            out.push_back(*static_cast<at::Tensor *>(handles[i]));
+        }
+        return out;
+    };
+    std::vector<at::Tensor> p = list(params), g = list(grads), m = list(exp_avgs), v = list(exp_avg_sqs),
+                            s = list(steps);
+    at::_foreach_add_(s, 1);
+    at::_fused_adam_(p, g, m, v, {}, s, lr, beta1, beta2, /*weight_decay=*/0.0, eps, /*amsgrad=*/false,
+                     /*maximize=*/false);
 }
 
 }

@@ -2,13 +2,15 @@
 //!
 //! The update is PyTorch's `torch.optim.Adam` (no weight decay, no amsgrad):
 //! m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr / (1 - b1^k) * m / (sqrt(v) / sqrt(1 - b2^k) + eps),
-//! with k the 1-based step count. Moments are fp32 whatever precision the forward pass ran in.
+//! with k the 1-based step count. Moments are fp32 whatever precision the forward pass ran in. The update runs in
+//! ATen's fused Adam kernel (through `csrc/libtorch_shim.cpp`): one launch for all parameters on CUDA.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
+use torch_sys::C_tensor;
 
 use crate::tensor_io::{self, TensorFileError};
 
@@ -34,8 +36,30 @@ pub struct Adam {
     params: Vec<(String, Tensor)>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Per-parameter step counters as the fused kernel wants them (float scalars on the parameters' device).
+    step_tensors: Vec<Tensor>,
     /// Completed updates.
     pub step: i64,
+}
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn diffuse_fused_adam(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        steps: *const *mut C_tensor,
+        n: i32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    );
+}
+
+fn handles(tensors: &[&Tensor]) -> Vec<*mut C_tensor> {
+    tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
 }
 
 impl Adam {
@@ -43,11 +67,16 @@ impl Adam {
     pub fn new(params: Vec<(String, Tensor)>, config: AdamConfig) -> Self {
         let exp_avg = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
+        let step_tensors = params
+            .iter()
+            .map(|(_, p)| Tensor::zeros([], (Kind::Float, p.device())))
+            .collect();
         Self {
             config,
             params,
             exp_avg,
             exp_avg_sq,
+            step_tensors,
             step: 0,
         }
     }
@@ -59,26 +88,40 @@ impl Adam {
         }
     }
 
-    /// One update with learning rate `lr`, from the gradients the last backward pass left.
+    /// One update with learning rate `lr`, from the gradients the last backward pass left (parameters without a
+    /// gradient are left alone).
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
+        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        let live: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].defined()).collect();
+        fn pick<'a>(all: &'a [Tensor], live: &[usize]) -> Vec<&'a Tensor> {
+            live.iter().map(|&i| &all[i]).collect()
+        }
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let (p, g, m, v, s) = (
+            handles(&pick(&params, &live)),
+            handles(&pick(&grads, &live)),
+            handles(&pick(&self.exp_avg, &live)),
+            handles(&pick(&self.exp_avg_sq, &live)),
+            handles(&pick(&self.step_tensors, &live)),
+        );
         let AdamConfig { beta1, beta2, eps } = self.config;
-        let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
-        let sqrt_bias_correction2 = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias_correction1;
-        tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.lerp_(&g, 1.0 - beta1);
-                let _ = v.g_mul_scalar_(beta2);
-                let _ = v.addcmul_(&(&g * (1.0 - beta2)), &g);
-                let denom = v.sqrt() / sqrt_bias_correction2 + eps;
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
-            }
-        });
+        // SAFETY: every handle is a live at::Tensor owned by `params`, `grads` or `self`, all on one device, with
+        // matching shapes; the shim only runs ATen's fused Adam over them.
+        unsafe {
+            diffuse_fused_adam(
+                p.as_ptr(),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                s.as_ptr(),
+                live.len() as i32,
+                lr,
+                beta1,
+                beta2,
+                eps,
+            )
+        };
     }
 
     /// The moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`), for checkpoints.
@@ -99,6 +142,9 @@ impl Adam {
     pub fn load(&mut self, path: &Path, step: i64) -> Result<(), TensorFileError> {
         tensor_io::load_into(path, &self.state_tensors())?;
         self.step = step;
+        for s in &mut self.step_tensors {
+            let _ = s.fill_(step as f64);
+        }
         Ok(())
     }
 }

@@ -27,6 +27,8 @@ use super::objective::Prepared;
 pub const CONFIG_FILE: &str = "config.json";
 pub const LOSSES_FILE: &str = "losses.csv";
 const STATE_FORMAT: u32 = 1;
+/// On CUDA, losses are read back to the host every this many steps.
+const CUDA_LOSS_READ_EVERY: usize = 32;
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -225,12 +227,18 @@ impl Trainer {
         let started = Instant::now();
         let first_loss = self.losses.len();
         let order = self.rng.permutation(n);
+        // Reading a loss back waits for the device; on CUDA the values are read in groups so the host can queue
+        // work ahead. Each is still checked before the epoch's checkpoint is written.
+        let read_every = if device.is_cuda() { CUDA_LOSS_READ_EVERY } else { 1 };
+        let mut pending: Vec<(Tensor, usize)> = Vec::with_capacity(read_every);
         for (step, chunk) in order.chunks(batch_size).enumerate() {
             let index = Tensor::from_slice(chunk).to_device(device);
             let x0 = data.images.index_select(0, &index);
             let labels = data.labels.index_select(0, &index);
-            let value = self.train_step(&x0, &labels, lr, step + 1)?;
-            progress.step(value, chunk.len());
+            pending.push((self.train_step(&x0, &labels, lr), chunk.len()));
+            if pending.len() == read_every || step + 1 == steps {
+                self.record_losses(&mut pending, step + 1, progress)?;
+            }
         }
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
@@ -242,15 +250,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// One optimizer step on a batch: x0 [B, 1, 28, 28] in [0, 1], labels [B]. Returns the loss; a non-finite
-    /// loss stops before the update. `step_in_epoch` (1-based) is for the error message.
-    pub fn train_step(
-        &mut self,
-        x0: &Tensor,
-        labels: &Tensor,
-        lr: f64,
-        step_in_epoch: usize,
-    ) -> Result<f32, TrainError> {
+    /// One optimizer step on a batch: x0 [B, 1, 28, 28] in [0, 1], labels [B]. Returns the loss, a scalar still on
+    /// the device (see [`Trainer::record_losses`]).
+    pub fn train_step(&mut self, x0: &Tensor, labels: &Tensor, lr: f64) -> Tensor {
         let device = self.device();
         let batch = self.objective.batch(x0, labels, &mut self.rng);
         self.adam.zero_grad();
@@ -260,26 +262,45 @@ impl Trainer {
                 .forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
             prediction.to_kind(Kind::Float).mse_loss(&batch.target, Reduction::Mean)
         });
-        let mut value = f32::try_from(&loss).unwrap_or(f32::NAN);
-        if self.inject_nan_at_step == Some(self.adam.step + 1) {
-            value = f32::NAN;
-        }
-        if !value.is_finite() {
-            let kept = checkpoint::latest(&self.run_dir)
-                .map(|(_, dir)| format!(": {}", dir.display()))
-                .unwrap_or_else(|_| " (none was written yet)".into());
-            return Err(TrainError::NonFinite {
-                value,
-                epoch: self.epoch + 1,
-                step: step_in_epoch,
-                global_step: self.adam.step + 1,
-                kept,
-            });
-        }
         loss.backward();
         self.adam.step(lr);
-        self.losses.push(value);
-        Ok(value)
+        loss.detach()
+    }
+
+    /// Reads the pending losses back (one wait for the device), appends them to the history and reports them.
+    /// A NaN or infinite loss stops training with an error naming its step; nothing of this epoch is saved, so
+    /// the last good checkpoint stays the newest. `done` is the 1-based step in the epoch of the last pending loss.
+    fn record_losses(
+        &mut self,
+        pending: &mut Vec<(Tensor, usize)>,
+        done: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<(), TrainError> {
+        let losses: Vec<Tensor> = pending.iter().map(|(l, _)| l.shallow_clone()).collect();
+        let values: Vec<f32> = Vec::try_from(Tensor::stack(&losses, 0).to_device(Device::Cpu)).unwrap_or_default();
+        let first_step = done + 1 - pending.len();
+        for (i, ((_, images), mut value)) in pending.drain(..).zip(values).enumerate() {
+            let global_step = self.losses.len() as i64 + 1;
+            if self.inject_nan_at_step == Some(global_step) {
+                value = f32::NAN;
+            }
+            if !value.is_finite() {
+                let kept = checkpoint::latest(&self.run_dir)
+                    .map(|(_, dir)| format!(": {}", dir.display()))
+                    .unwrap_or_else(|_| " (none was written yet)".into());
+                let (epoch, step) = (self.epoch + 1, first_step + i);
+                return Err(TrainError::NonFinite {
+                    value,
+                    epoch,
+                    step,
+                    global_step,
+                    kept,
+                });
+            }
+            self.losses.push(value);
+            progress.step(value, images);
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint of the epoch just finished, then `losses.csv`.
