@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod eval;
 mod figures;
 mod plot_losses;
 mod progress;
@@ -37,6 +38,8 @@ enum Command {
     Train(train::TrainCommand),
     /// Draw digits from a trained run (PNG grid, GIF, IDX).
     Sample(sample::SampleArgs),
+    /// Score samples: classifier accuracy and Frechet distance to the MNIST test set (optionally a sweep).
+    Eval(eval::EvalArgs),
     /// Serve a model over HTTP: an API and a web page.
     Serve(serve::ServeArgs),
     /// Write one self-contained HTML report of runs (config, losses, figures, metrics, timings).
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures(args) => figures::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Report(args) => report::run(args),
         Command::PlotLosses(args) => plot_losses::run(args),
     }

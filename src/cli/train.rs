@@ -48,6 +48,8 @@ pub enum TrainCommand {
         #[arg(long)]
         p_uncond: Option<f64>,
     },
+    /// The MNIST classifier that `diffuse eval` scores samples with (small CNN, 6 epochs).
+    Classifier(super::eval::ClassifierArgs),
     /// Rectified flow: class-conditioned velocity prediction on x_t = (1 - t) x0 + t eps, sampled with Euler steps
     /// and the same guidance. Same defaults as cfg.
     #[command(allow_negative_numbers = true)]
@@ -177,6 +179,7 @@ impl CommonArgs {
 
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     let (common, config, extra_given) = match cmd {
+        TrainCommand::Classifier(args) => return super::eval::train_classifier(args),
         TrainCommand::Denoiser { common, sigma } => {
             let mut config = common.config(ModelKind::Denoiser);
             if let Some(sigma) = sigma {

@@ -1,0 +1,174 @@
+//! The MNIST classifier the tool trains for itself and evaluates samples with (`diffuse train classifier`).
+//!
+//! A small CNN: conv 3x3 (1 -> 32), ReLU, max-pool, conv 3x3 (32 -> 64), ReLU, max-pool, linear 3136 -> 128, ReLU
+//! (the 128 "penultimate" features used for the Frechet distance), linear 128 -> 10. Inception features are the
+//! wrong tool for 28x28 digits; a classifier trained on the digits themselves sees what matters for them.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::atomic_file::write_atomic;
+use crate::optim::{Adam, AdamConfig};
+use crate::rng::RunRng;
+use crate::tensor_io::{self, TensorFileError};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const INFO_FILE: &str = "classifier.json";
+/// Width of the penultimate features.
+pub const FEATURES: i64 = 128;
+const BATCH: usize = 128;
+
+/// What `classifier.json` records beside the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassifierInfo {
+    pub epochs: usize,
+    pub seed: u64,
+    pub test_accuracy: f64,
+}
+
+pub struct Classifier {
+    vs: nn::VarStore,
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Classifier {
+    pub fn new(device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let pad = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv1 = nn::conv2d(&root / "conv1", 1, 32, 3, pad);
+        let conv2 = nn::conv2d(&root / "conv2", 32, 64, 3, pad);
+        let fc1 = nn::linear(&root / "fc1", 64 * 7 * 7, FEATURES, Default::default());
+        let fc2 = nn::linear(&root / "fc2", FEATURES, 10, Default::default());
+        Self {
+            vs,
+            conv1,
+            conv2,
+            fc1,
+            fc2,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// x [N, 1, 28, 28] in [0, 1] -> penultimate features [N, 128].
+    pub fn features(&self, x: &Tensor) -> Tensor {
+        let x = (x.to_device(self.device()) - 0.1307) / 0.3081;
+        let h = x
+            .apply(&self.conv1)
+            .relu()
+            .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false); // [N, 32, 14, 14]
+        let h = h
+            .apply(&self.conv2)
+            .relu()
+            .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false); // [N, 64, 7, 7]
+        h.flatten(1, -1).apply(&self.fc1).relu() // [N, 128]
+    }
+
+    /// x [N, 1, 28, 28] -> logits [N, 10].
+    pub fn logits(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.features(x))
+    }
+
+    /// (features [N, 128] as f64 on CPU, predicted digit [N]) in batches, under no-grad.
+    pub fn features_and_predictions(&self, images: &Tensor) -> (Tensor, Vec<i64>) {
+        let n = images.size()[0];
+        let mut features = Vec::new();
+        let mut predictions = Vec::new();
+        tch::no_grad(|| {
+            let mut start = 0;
+            while start < n {
+                let len = 1000.min(n - start);
+                let f = self.features(&images.narrow(0, start, len));
+                let p = self.fc2.forward(&f).argmax(1, false).to_device(Device::Cpu);
+                predictions.extend(Vec::<i64>::try_from(p).unwrap_or_default());
+                features.push(f.to_device(Device::Cpu).to_kind(Kind::Double));
+                start += len;
+            }
+        });
+        (Tensor::cat(&features, 0), predictions)
+    }
+
+    /// Fraction of `images` classified as `labels`.
+    pub fn accuracy(&self, images: &Tensor, labels: &[u8]) -> f64 {
+        let (_, predictions) = self.features_and_predictions(images);
+        let right = predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == **l as i64)
+            .count();
+        right as f64 / labels.len().max(1) as f64
+    }
+
+    /// Trains with Adam (batch 128, lr 1e-3 decaying exponentially per epoch to 1e-4) for `epochs` on images [N, 1, 28, 28] / labels [N] (on the device),
+    /// reporting each epoch's mean loss through `on_epoch`.
+    pub fn train(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        epochs: usize,
+        seed: u64,
+        mut on_epoch: impl FnMut(usize, f64),
+    ) {
+        let params: Vec<(String, Tensor)> = self.named_variables().into_iter().collect();
+        let mut adam = Adam::new(params, AdamConfig::default());
+        let mut rng = RunRng::new(seed);
+        let n = images.size()[0] as usize;
+        for epoch in 1..=epochs {
+            let lr = 1e-3 * 0.1f64.powf((epoch - 1) as f64 / epochs.max(2).saturating_sub(1) as f64);
+            let mut total = 0.0;
+            let mut batches = 0;
+            for chunk in rng.permutation(n).chunks(BATCH) {
+                let index = Tensor::from_slice(chunk).to_device(self.device());
+                // Augmentation: the whole batch shifted by up to 2 pixels each way (pad, then crop).
+                let shift = rng.integers(2, 5);
+                let x = images
+                    .index_select(0, &index)
+                    .constant_pad_nd([2, 2, 2, 2])
+                    .narrow(2, shift[0], 28)
+                    .narrow(3, shift[1], 28);
+                let loss = self
+                    .logits(&x)
+                    .cross_entropy_for_logits(&labels.index_select(0, &index));
+                adam.zero_grad();
+                loss.backward();
+                adam.step(lr);
+                total += loss.double_value(&[]);
+                batches += 1;
+            }
+            on_epoch(epoch, total / batches.max(1) as f64);
+        }
+    }
+
+    fn named_variables(&self) -> std::collections::BTreeMap<String, Tensor> {
+        self.vs.variables().into_iter().collect()
+    }
+
+    pub fn save(&self, dir: &Path, info: &ClassifierInfo) -> Result<(), TensorFileError> {
+        let io = |source| TensorFileError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        tensor_io::write(&dir.join(MODEL_FILE), &self.named_variables())?;
+        let text = serde_json::to_string_pretty(info).unwrap_or_default();
+        write_atomic(&dir.join(INFO_FILE), text.as_bytes()).map_err(io)
+    }
+
+    pub fn load(dir: &Path, device: Device) -> Result<Self, TensorFileError> {
+        let classifier = Self::new(device);
+        tensor_io::load_into(&dir.join(MODEL_FILE), &classifier.named_variables())?;
+        Ok(classifier)
+    }
+}
