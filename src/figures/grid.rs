@@ -273,6 +273,15 @@ where
     write_atomic(path, &bytes)
 }
 
+/// PNG bytes of a grid (for serving over HTTP).
+pub fn png_bytes<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>, FigureError>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    super::encode_png(img, Path::new("(in memory)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,13 +380,4 @@ mod tests {
         assert_eq!(image::open(&rgb_path)?.to_rgb8(), rgb);
         Ok(())
     }
-}
-
-/// PNG bytes of a grid (for serving over HTTP).
-pub fn png_bytes<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>, FigureError>
-where
-    P: image::PixelWithColorType,
-    [P::Subpixel]: image::EncodableLayout,
-{
-    super::encode_png(img, Path::new("(in memory)"))
 }
