@@ -58,6 +58,10 @@ fn missing_truncated_and_wrong_magic_idx_files() {
 
     fs::remove_file(data.join("t10k-labels-idx1-ubyte.gz")).expect("rm");
     assert_clean_failure(&train("r1"), "t10k-labels-idx1-ubyte");
+    assert!(
+        !tmp.path().join("r1").exists(),
+        "a run folder was created for a run that could not start"
+    );
 
     let bytes = fs::read(mnist_dir().join("t10k-labels-idx1-ubyte.gz")).expect("read");
     let raw = {

@@ -227,6 +227,7 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
     device::set_threads(common.threads);
     let device = common.device.resolve()?;
     let kind = config.objective.name();
+    let mut test_digits = None;
     let mut trainer = if let Some(run_dir) = &common.resume {
         let mut given = common.given();
         given.extend(extra_given);
@@ -254,6 +255,9 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
             config.precision = Precision::preferred(device);
         }
         config.validate().map_err(anyhow::Error::msg)?;
+        // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
+        let data_dir = config.dataset.resolve_dir(common.data_dir.as_deref());
+        test_digits = Some(load_split(&data_dir, Split::Test)?);
         let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, &run_dir, device)?
     };
@@ -261,7 +265,10 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
 
     let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;
-    let test_digits = load_split(&data_dir, Split::Test)?;
+    let test_digits = match test_digits {
+        Some(digits) => digits,
+        None => load_split(&data_dir, Split::Test)?,
+    };
     let data = TrainData::new(&train_digits, device);
     eprintln!(
         "training {kind} ({} parameters) on {} images from {} on {}, run folder {}",
