@@ -29,6 +29,16 @@ pub struct ClassifierInfo {
     pub test_accuracy: f64,
 }
 
+/// Fraction of `predictions` equal to `labels`.
+pub fn agreement(predictions: &[i64], labels: &[u8]) -> f64 {
+    let right = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p == **l as i64)
+        .count();
+    right as f64 / labels.len().max(1) as f64
+}
+
 pub struct Classifier {
     vs: nn::VarStore,
     conv1: nn::Conv2D,
@@ -102,17 +112,11 @@ impl Classifier {
 
     /// Fraction of `images` classified as `labels`.
     pub fn accuracy(&self, images: &Tensor, labels: &[u8]) -> f64 {
-        let (_, predictions) = self.features_and_predictions(images);
-        let right = predictions
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| **p == **l as i64)
-            .count();
-        right as f64 / labels.len().max(1) as f64
+        agreement(&self.features_and_predictions(images).1, labels)
     }
 
-    /// Trains with Adam (batch 128, lr 1e-3 decaying exponentially per epoch to 1e-4) for `epochs` on images [N, 1, 28, 28] / labels [N] (on the device),
-    /// reporting each epoch's mean loss through `on_epoch`.
+    /// Trains with Adam (batch 128, lr 1e-3 decaying exponentially per epoch to 1e-4) for `epochs` on images
+    /// [N, 1, 28, 28] / labels [N] (on the device), reporting each epoch's mean loss through `on_epoch`.
     pub fn train(
         &mut self,
         images: &Tensor,

@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::classifier::Classifier;
+use crate::classifier::{agreement, Classifier};
 
 /// Mean [D] and covariance [D, D] (unbiased) of features [N, D], in f64.
 pub fn moments(features: &Tensor) -> (Tensor, Tensor) {
@@ -58,14 +58,7 @@ pub struct Quality {
 /// Scores images [N, 1, 28, 28] in [0, 1] (with the digits they were asked to be, if any).
 pub fn score(classifier: &Classifier, images: &Tensor, labels: Option<&[u8]>, reference: &(Tensor, Tensor)) -> Quality {
     let (features, predictions) = classifier.features_and_predictions(images);
-    let accuracy = labels.map(|labels| {
-        let right = predictions
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| **p == **l as i64)
-            .count();
-        right as f64 / labels.len().max(1) as f64
-    });
+    let accuracy = labels.map(|labels| agreement(&predictions, labels));
     Quality {
         n: predictions.len(),
         accuracy,
