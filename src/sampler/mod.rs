@@ -1,8 +1,8 @@
 //! Samplers: turning noise into digits with a trained denoiser.
 //!
 //! A sampler only knows the [`Denoiser`] interface, (x_t, t, class) -> prediction, never the UNet, so DDPM, DDIM,
-//! flow Euler and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad; the loop
-//! stays on the device and only copies to the host to grab animation frames.
+//! flow Euler and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad;
+//! the loop stays on the device and only copies to the host to grab animation frames.
 
 pub mod ddim;
 pub mod ddpm;
