@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod data;
 pub mod device;
+pub mod ema;
 pub mod evaluate;
 pub mod figures;
 pub mod flow_path;

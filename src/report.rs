@@ -87,6 +87,10 @@ fn section(
         ),
         ("precision".into(), format!("{:?}", config.precision).to_lowercase()),
         ("seed".into(), config.seed.to_string()),
+        (
+            "weight average (EMA)".into(),
+            config.ema.map_or("off".into(), |d| format!("decay {d}")),
+        ),
         ("training images".into(), format!("{images}")),
         (
             "final loss (last epoch mean)".into(),

@@ -32,12 +32,17 @@ fn precision_of(kind: &str) -> &'static str {
     }
 }
 
+/// cfg also keeps a weight average (--ema), which must resume exactly too.
+fn extra_of(kind: &str) -> Vec<&'static str> {
+    let mut args = vec!["--epochs", "2", "--seed", "11", "--precision", precision_of(kind)];
+    if kind == "cfg" {
+        args.extend(["--ema", "0.9"]);
+    }
+    args
+}
+
 fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path) {
-    let args = tiny(
-        kind,
-        killed,
-        &["--epochs", "2", "--seed", "11", "--precision", precision_of(kind)],
-    );
+    let args = tiny(kind, killed, &extra_of(kind));
     let mut child = diffuse()
         .args(&args)
         .stdout(Stdio::null())
@@ -77,7 +82,12 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
     ]);
     assert!(resumed.status.success(), "resume failed: {}", stderr(&resumed));
 
-    for file in ["model.safetensors", "optimizer.safetensors"] {
+    let files: &[&str] = if kind == "cfg" {
+        &["model.safetensors", "optimizer.safetensors", "ema.safetensors"]
+    } else {
+        &["model.safetensors", "optimizer.safetensors"]
+    };
+    for &file in files {
         assert!(
             checkpoint_bytes(straight, 2, file) == checkpoint_bytes(killed, 2, file),
             "{kind}: epoch-2 {file} differs between the straight and the killed+resumed run"
@@ -94,11 +104,7 @@ fn sigkill_during_epoch_two_then_resume_is_byte_identical() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for kind in ["denoiser", "cfg"] {
         let straight = tmp.path().join(format!("{kind}-straight"));
-        let out = run_owned(&tiny(
-            kind,
-            &straight,
-            &["--epochs", "2", "--seed", "11", "--precision", precision_of(kind)],
-        ));
+        let out = run_owned(&tiny(kind, &straight, &extra_of(kind)));
         assert!(out.status.success(), "{}", stderr(&out));
         // A different seed must give different weights, or the comparison below proves nothing.
         let other = tmp.path().join(format!("{kind}-other-seed"));

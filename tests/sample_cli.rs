@@ -173,3 +173,49 @@ fn the_shipped_model_samples_without_a_run_and_unknown_models_are_refused() {
     );
     assert_clean_failure(&run(&["sample", "--model", "../etc", "--out", p]), "plain name");
 }
+
+#[test]
+fn sampling_uses_the_weight_average_when_a_run_keeps_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("ema");
+    let out = run_owned(&tiny(
+        "cfg",
+        &run_dir,
+        &["--epochs", "1", "--timesteps", "20", "--ema", "0.9"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checkpoint = run_dir.join("checkpoints/epoch-001");
+    assert_ne!(
+        std::fs::read(checkpoint.join("ema.safetensors")).expect("ema"),
+        std::fs::read(checkpoint.join("model.safetensors")).expect("model")
+    );
+    let draw = |name: &str| {
+        let prefix = tmp.path().join(name);
+        let png = tmp.path().join(format!("{name}.png"));
+        let r = run_dir.to_str().expect("utf8");
+        let args = [
+            "sample",
+            "--run",
+            r,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--per-digit",
+            "1",
+            "--out",
+            png.to_str().expect("utf8"),
+            "--idx",
+            prefix.to_str().expect("utf8"),
+        ];
+        let out = run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        diffuse::data::read_idx(&tmp.path().join(format!("{name}-images-idx3-ubyte")))
+            .expect("idx")
+            .data
+    };
+    let with_ema = draw("with-ema");
+    std::fs::remove_file(checkpoint.join("ema.safetensors")).expect("rm ema");
+    let raw = draw("raw");
+    assert_ne!(with_ema, raw, "sampling ignored the weight average");
+}

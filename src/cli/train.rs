@@ -92,6 +92,9 @@ pub struct CommonArgs {
     /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and sample from it.
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -141,7 +144,7 @@ impl ScheduleArgs {
 impl CommonArgs {
     fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let flags: [(&'static str, bool); 9] = [
+        let flags: [(&'static str, bool); 10] = [
             ("--epochs", self.epochs.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--hidden", self.hidden.is_some()),
@@ -151,6 +154,7 @@ impl CommonArgs {
             ("--seed", self.seed.is_some()),
             ("--dataset", self.dataset.is_some()),
             ("--precision", self.precision.is_some()),
+            ("--ema", self.ema.is_some()),
         ];
         for (flag, set) in flags {
             if set {
@@ -173,6 +177,7 @@ impl CommonArgs {
         c.seed = self.seed.unwrap_or(c.seed);
         // Filled in by `train` once the device is known, unless given.
         c.precision = self.precision.unwrap_or(c.precision);
+        c.ema = self.ema;
         c
     }
 }
@@ -288,10 +293,13 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         trainer.train_epoch(&data, &mut bars)?;
         let dir = trainer.save_checkpoint()?;
         tracing::info!(checkpoint = %dir.display(), "saved");
+        // Held-out numbers and figures come from the weight average when the run keeps one.
+        let averaged = trainer.sampling_model();
+        let model = averaged.as_ref().unwrap_or(&trainer.model);
         if let Objective::Denoiser { sigma } = trainer.config.objective {
             let test_images = diffuse::train::trainer::digits_to_tensor(&test_digits);
             let (denoised, noisy) =
-                test_metrics::denoiser_test_mse(&trainer.model, &test_images, sigma, trainer.config.precision);
+                test_metrics::denoiser_test_mse(model, &test_images, sigma, trainer.config.precision);
             eprintln!(
                 "epoch {}: test MSE on {} digits at sigma {sigma}: denoised {denoised:.5}, noisy input {noisy:.5}",
                 trainer.epoch,
@@ -303,7 +311,7 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         }
         if let Some(figures) = &figures {
             figures
-                .after_epoch(&trainer.model, trainer.epoch, &trainer.losses)
+                .after_epoch(model, trainer.epoch, &trainer.losses)
                 .context("cannot draw figures")?;
         }
     }

@@ -89,6 +89,7 @@ impl ModelKind {
             subset: None,
             seed: 0,
             precision: Precision::Fp32,
+            ema: None,
         }
     }
 
@@ -119,6 +120,9 @@ pub struct TrainConfig {
     pub subset: Option<usize>,
     pub seed: u64,
     pub precision: Precision,
+    /// Decay of an exponential moving average of the weights, used for sampling (None = off).
+    #[serde(default)]
+    pub ema: Option<f64>,
 }
 
 impl TrainConfig {
@@ -158,6 +162,11 @@ impl TrainConfig {
         }
         positive("lr", self.lr)?;
         positive("lr-final-ratio", self.lr_final_ratio)?;
+        if let Some(decay) = self.ema {
+            if !(decay > 0.0 && decay < 1.0) {
+                return Err(format!("--ema must be in (0, 1), got {decay}"));
+            }
+        }
         if self.subset == Some(0) {
             return Err("--subset must be at least 1".into());
         }

@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::atomic_file::write_atomic;
 use crate::checkpoint::{self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
 use crate::data::Digits;
+use crate::ema::{Ema, EMA_FILE};
 use crate::model::Model;
 use crate::optim::Adam;
 use crate::precision::autocast;
@@ -124,6 +125,7 @@ pub struct Trainer {
     pub run_dir: PathBuf,
     pub model: Model,
     adam: Adam,
+    ema: Option<Ema>,
     objective: Prepared,
     rng: RunRng,
     /// Completed epochs.
@@ -169,12 +171,14 @@ impl Trainer {
 
     fn assemble(config: TrainConfig, run_dir: &Path, model: Model, rng: RunRng) -> Self {
         let adam = Adam::new(model.named_parameters(), config.adam);
+        let ema = config.ema.map(|decay| Ema::new(&model, decay));
         let objective = Prepared::new(&config.objective);
         Self {
             config,
             run_dir: run_dir.to_path_buf(),
             model,
             adam,
+            ema,
             objective,
             rng,
             epoch: 0,
@@ -202,10 +206,18 @@ impl Trainer {
         model.load(&dir.join(MODEL_FILE))?;
         let mut trainer = Self::assemble(state.config, run_dir, model, state.rng);
         trainer.adam.load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;
+        if let Some(ema) = &mut trainer.ema {
+            ema.load(&dir.join(EMA_FILE))?;
+        }
         trainer.epoch = state.epoch;
         trainer.losses = state.losses;
         trainer.epoch_seconds = state.epoch_seconds;
         Ok(trainer)
+    }
+
+    /// The model to draw figures and samples from: the weight average when the run keeps one.
+    pub fn sampling_model(&self) -> Option<Model> {
+        self.ema.as_ref().map(|ema| ema.to_model(&self.model))
     }
 
     pub fn is_finished(&self) -> bool {
@@ -264,6 +276,9 @@ impl Trainer {
         });
         loss.backward();
         self.adam.step(lr);
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.model);
+        }
         loss.detach()
     }
 
@@ -317,6 +332,9 @@ impl Trainer {
         let dir = checkpoint::write(&self.run_dir, self.epoch, |dir: &Path| -> Result<(), TrainError> {
             self.model.save(&dir.join(MODEL_FILE))?;
             self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+            if let Some(ema) = &self.ema {
+                ema.save(&dir.join(EMA_FILE))?;
+            }
             write_json(&dir.join(STATE_FILE), &state)
         })
         .map_err(|e| match e {
@@ -406,6 +424,8 @@ pub fn load_model(
 ) -> Result<(usize, Model, TrainConfig), TrainError> {
     let (epoch, dir, config) = read_run_config(run_dir, epoch)?;
     let mut model = Model::new(&config.model, device);
-    model.load(&dir.join(MODEL_FILE))?;
+    // Runs that keep a weight average sample from it.
+    let ema = dir.join(EMA_FILE);
+    model.load(&if ema.is_file() { ema } else { dir.join(MODEL_FILE) })?;
     Ok((epoch, model, config))
 }
