@@ -67,7 +67,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
 
     let sample_ms_per_step = match config.model {
         ModelKind::Denoiser => None,
-        _ => Some(time_sampler_step(&trainer, config, device)),
+        _ => Some(time_sampler_step(&trainer, config)),
     };
     // A full run: DDPM's 300 steps, or the flow sampler's default 50 Euler steps.
     let full_steps = if config.model == ModelKind::Flow {
@@ -91,7 +91,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
 }
 
 /// Milliseconds per sampler step for 40 class-conditioned digits (guided: one forward of 80) or 40 plain ones.
-fn time_sampler_step(trainer: &Trainer, config: &BenchConfig, device: Device) -> f64 {
+fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> f64 {
     let request = if trainer.config.model.class_cond {
         Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
     } else {
@@ -115,7 +115,6 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig, device: Device) ->
             // Wait for the device before stopping the clock.
             let _ = out.images.sum(Kind::Float).double_value(&[]);
         }
-        let _ = device;
         started.elapsed().as_secs_f64()
     };
     run(2);

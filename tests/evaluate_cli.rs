@@ -22,14 +22,9 @@ fn write_test_digits(prefix: &Path, n: usize, random_labels: bool) {
     } else {
         test.labels[..n].to_vec()
     };
-    diffuse::data::write_idx(&with(prefix, "-images-idx3-ubyte"), &[n, 28, 28], images).expect("images");
-    diffuse::data::write_idx(&with(prefix, "-labels-idx1-ubyte"), &[n], &labels).expect("labels");
-}
-
-fn with(prefix: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut s = prefix.as_os_str().to_owned();
-    s.push(suffix);
-    s.into()
+    let (images_path, labels_path) = diffuse::data::sample_file_paths(prefix);
+    diffuse::data::write_idx(&images_path, &[n, 28, 28], images).expect("images");
+    diffuse::data::write_idx(&labels_path, &[n], &labels).expect("labels");
 }
 
 /// (accuracy %, FD) from the table `diffuse eval` prints.
@@ -67,7 +62,8 @@ fn known_cases_score_as_expected() {
     let noise = tmp.path().join("noise");
     let mut rng = diffuse::rng::RunRng::new(1);
     let pixels: Vec<u8> = rng.uniforms(1000 * 784).iter().map(|u| (u * 255.0) as u8).collect();
-    diffuse::data::write_idx(&with(&noise, "-images-idx3-ubyte"), &[1000, 28, 28], &pixels).expect("noise");
+    let (noise_images, _) = diffuse::data::sample_file_paths(&noise);
+    diffuse::data::write_idx(&noise_images, &[1000, 28, 28], &pixels).expect("noise");
     let (accuracy, fd_noise) = eval_idx(&noise);
     assert!(accuracy.is_none());
     assert!(

@@ -8,7 +8,7 @@ use clap::Args;
 use tch::{Device, Kind, Tensor};
 
 use diffuse::classifier::{Classifier, ClassifierInfo};
-use diffuse::data::{self, read_idx, Split};
+use diffuse::data::{self, read_idx, sample_file_paths, Split};
 use diffuse::device::DeviceChoice;
 use diffuse::evaluate::{moments, score, Quality};
 use diffuse::figures::plot::{line_plot, Series};
@@ -240,21 +240,16 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn read_samples(prefix: &Path) -> anyhow::Result<(Tensor, Option<Vec<u8>>)> {
-    let with = |suffix: &str| {
-        let mut s = prefix.as_os_str().to_owned();
-        s.push(suffix);
-        PathBuf::from(s)
-    };
-    let images = read_idx(&with("-images-idx3-ubyte"))?;
+    let (images_path, labels_path) = sample_file_paths(prefix);
+    let images = read_idx(&images_path)?;
     if images.dims.len() != 3 || images.dims[1] != 28 || images.dims[2] != 28 {
         bail!(
             "{}: expected [N, 28, 28] images, found {:?}",
-            with("-images-idx3-ubyte").display(),
+            images_path.display(),
             images.dims
         );
     }
     let n = images.dims[0];
-    let labels_path = with("-labels-idx1-ubyte");
     let labels = if labels_path.exists() {
         let labels = read_idx(&labels_path)?;
         if labels.dims != [n] {

@@ -9,13 +9,14 @@ use clap::Args;
 use super::runtime::RuntimeArgs;
 use tch::{Kind, Tensor};
 
-use diffuse::data::write_idx;
+use diffuse::data::{sample_file_paths, write_idx};
 use diffuse::device;
 use diffuse::figures::gif::write_gif;
 use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
 use diffuse::generate::{generate, step_count, GenerateOptions, Request, SamplerKind};
 use diffuse::pretrained;
 use diffuse::run_figures::diffusion::frames_to_grids;
+use diffuse::run_figures::to_pixels;
 
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
@@ -154,7 +155,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         args.seed
     );
     save_png(
-        &labelled_grid(&pixels(&padded), &spec, &row_labels, &[], Some(&title))?,
+        &labelled_grid(&to_pixels(&padded), &spec, &row_labels, &[], Some(&title))?,
         &args.out,
     )?;
     println!("{}", args.out.display());
@@ -172,11 +173,10 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 .to_kind(Kind::Uint8)
                 .flatten(0, -1),
         )?;
-        let images_path = suffixed(prefix, "-images-idx3-ubyte");
+        let (images_path, labels_path) = sample_file_paths(prefix);
         write_idx(&images_path, &[n as usize, 28, 28], &bytes)?;
         println!("{}", images_path.display());
         if let Request::Classes(classes) = &request {
-            let labels_path = suffixed(prefix, "-labels-idx1-ubyte");
             write_idx(&labels_path, &[classes.len()], classes)?;
             println!("{}", labels_path.display());
         }
@@ -201,16 +201,6 @@ fn pad_to(images: &Tensor, total: i64) -> Tensor {
         ],
         0,
     )
-}
-
-fn pixels(images: &Tensor) -> Vec<f32> {
-    Vec::try_from(images.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default()
-}
-
-fn suffixed(prefix: &Path, suffix: &str) -> PathBuf {
-    let mut s = prefix.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Fails before sampling (which can take a while) when an output folder is missing.

@@ -197,6 +197,17 @@ fn encode_header(dims: &[usize]) -> Result<Vec<u8>, IdxError> {
 
 /// Writes `data` of shape `dims` as an uncompressed IDX file. The file appears at `path` complete or
 /// not at all: it is written to a temporary file in the same folder, synced, then renamed.
+/// The IDX pair that `diffuse sample --idx PREFIX` writes and `diffuse eval --idx PREFIX` reads:
+/// (`PREFIX-images-idx3-ubyte`, `PREFIX-labels-idx1-ubyte`).
+pub fn sample_file_paths(prefix: &Path) -> (PathBuf, PathBuf) {
+    let with = |suffix: &str| {
+        let mut s = prefix.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    (with("-images-idx3-ubyte"), with("-labels-idx1-ubyte"))
+}
+
 pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), IdxError> {
     let header = encode_header(dims)?;
     let expected = element_count(dims).ok_or_else(|| IdxError::TooLarge { dims: dims.to_vec() })?;

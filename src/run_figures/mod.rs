@@ -126,7 +126,7 @@ impl RunFigures {
 }
 
 /// A [N, 1, H, W] tensor as a flat f32 vector for the image grid functions.
-pub(crate) fn to_pixels(images: &Tensor) -> Vec<f32> {
+pub fn to_pixels(images: &Tensor) -> Vec<f32> {
     Vec::try_from(
         images
             .detach()

@@ -198,7 +198,7 @@ fn grid_spec(n: usize) -> GridSpec {
 
 /// [k, 1, 28, 28] -> flat pixels, padded with blank tiles to fill the grid.
 fn grid_pixels(images: &tch::Tensor, spec: &GridSpec) -> Vec<f32> {
-    let mut pixels: Vec<f32> = Vec::try_from(images.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap_or_default();
+    let mut pixels = crate::run_figures::to_pixels(images);
     pixels.resize(spec.rows * spec.cols * 28 * 28, 0.0);
     pixels
 }
