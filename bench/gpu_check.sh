@@ -36,6 +36,7 @@ PY
 log "2. bench: diffuse vs PyTorch eager on this card"
 for prec in fp32 bf16; do
   "$BIN" bench --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
+  "$BIN" bench --device cuda --model cfg --arch improved --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
   $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
   $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --channels-last --warmup 20 --steps 100 --sample-steps 100 --json
 done 2>&1 | tee "$OUT/bench.jsonl"

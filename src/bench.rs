@@ -8,6 +8,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::generate::{generate, GenerateOptions, Request, SamplerKind};
+use crate::model::Arch;
 use crate::precision::Precision;
 use crate::train::config::ModelKind;
 use crate::train::{TrainError, Trainer};
@@ -15,6 +16,7 @@ use crate::train::{TrainError, Trainer};
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub model: ModelKind,
+    pub arch: Arch,
     pub hidden: i64,
     pub batch: usize,
     pub precision: Precision,
@@ -29,6 +31,7 @@ pub struct BenchConfig {
 pub struct BenchRow {
     pub engine: &'static str,
     pub model: &'static str,
+    pub arch: Arch,
     pub hidden: i64,
     pub batch: usize,
     pub precision: Precision,
@@ -48,6 +51,7 @@ const SAMPLE_DIGITS: usize = 40;
 pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError> {
     let mut train_config = config.model.spec_config();
     train_config.model.hidden = config.hidden;
+    train_config.model.arch = config.arch;
     train_config.batch_size = config.batch;
     train_config.precision = config.precision;
     let mut trainer = Trainer::in_memory(train_config.clone(), device)?;
@@ -78,6 +82,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
     Ok(BenchRow {
         engine: "diffuse",
         model: config.model.name(),
+        arch: config.arch,
         hidden: config.hidden,
         batch: config.batch,
         precision: config.precision,

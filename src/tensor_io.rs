@@ -17,6 +17,8 @@ use thiserror::Error;
 pub enum TensorFileError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
     #[error("{path}: not a readable safetensors file ({message})")]
     Format { path: PathBuf, message: String },
     #[error("{path}: tensor `{name}` is missing")]
@@ -39,13 +41,6 @@ pub enum TensorFileError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TensorFileError + '_ {
-    move |source| TensorFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Writes `tensors` to `path` atomically (temp file, fsync, rename).
 pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), TensorFileError> {
     let host: Vec<(String, Tensor)> = tensors
@@ -53,11 +48,22 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), Tens
         .map(|(name, t)| (name.clone(), t.detach().to_device(Device::Cpu).contiguous()))
         .collect();
     let tmp = temp_path(path);
-    Tensor::write_safetensors(&host, &tmp).map_err(|e| TensorFileError::Format {
+    let write = |source| TensorFileError::Write {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    commit(&tmp, path).map_err(io_err(path))
+        source,
+    };
+    if let Err(e) = Tensor::write_safetensors(&host, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(match e {
+            // A full disk, a read-only folder, a file-size limit: the operating system's own words.
+            tch::TchError::SafeTensorError {
+                err: safetensors::SafeTensorError::IoError(source),
+                ..
+            } => write(source),
+            other => write(io::Error::other(other.to_string())),
+        });
+    }
+    commit(&tmp, path).map_err(write)
 }
 
 /// Reads every tensor of a safetensors file, by name.

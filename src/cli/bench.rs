@@ -4,6 +4,7 @@ use clap::Args;
 
 use diffuse::bench::{self, BenchConfig};
 use diffuse::device::{self, DeviceChoice};
+use diffuse::model::Arch;
 use diffuse::precision::Precision;
 use diffuse::train::config::ModelKind;
 
@@ -12,6 +13,9 @@ pub struct BenchArgs {
     /// Model kinds to measure (repeatable) [default: all].
     #[arg(long, value_enum)]
     pub model: Vec<ModelKind>,
+    /// Network architecture.
+    #[arg(long, value_enum, default_value_t = Arch::Basic)]
+    pub arch: Arch,
     /// Hidden width D [default: the kind's SPEC.md value].
     #[arg(long)]
     pub hidden: Option<i64>,
@@ -45,14 +49,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "{:<9} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12}",
-            "model", "D", "batch", "prec", "threads", "train img/s", "sample img/s", "peak RSS MB"
+            "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12}",
+            "model", "arch", "D", "batch", "prec", "threads", "train img/s", "sample img/s", "peak RSS MB"
         );
     }
     for model in models {
         let spec = model.spec_config();
         let config = BenchConfig {
             model,
+            arch: args.arch,
             hidden: args.hidden.unwrap_or(spec.model.hidden),
             batch: args.batch.unwrap_or(spec.batch_size),
             precision: args.precision,
@@ -66,8 +71,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             let sample = row.sample_img_per_s.map_or("-".to_string(), |v| format!("{v:.3}"));
             println!(
-                "{:<9} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12.0}",
+                "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12.0}",
                 row.model,
+                row.arch.name(),
                 row.hidden,
                 row.batch,
                 format!("{:?}", row.precision).to_lowercase(),

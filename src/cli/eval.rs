@@ -93,6 +93,9 @@ pub struct EvalArgs {
     /// A shipped model [default: cfg-d64 when neither --run nor --idx is given].
     #[arg(long, conflicts_with = "idx")]
     pub model: Option<String>,
+    /// Checkpoint epoch of --run [default: the newest].
+    #[arg(long, requires = "run")]
+    pub epoch: Option<usize>,
     /// Score existing samples instead: PREFIX-images-idx3-ubyte (+ PREFIX-labels-idx1-ubyte when present).
     #[arg(long, value_name = "PREFIX")]
     pub idx: Option<PathBuf>,
@@ -163,7 +166,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         (Some(run), _) => run.clone(),
         (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
     };
-    let loaded = pretrained::load(&source, None, device)?;
+    let loaded = pretrained::load(&source, args.epoch, device)?;
     let class_cond = loaded.config.model.class_cond;
     if args.per_digit == 0 {
         bail!("--per-digit must be at least 1");

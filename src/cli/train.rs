@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
 use diffuse::device::{self, DeviceChoice};
+use diffuse::model::Arch;
 use diffuse::precision::Precision;
 use diffuse::run_figures;
 use diffuse::schedule::ScheduleConfig;
@@ -16,6 +17,9 @@ use diffuse::train::test_metrics;
 use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
 
 use super::progress::Bars;
+
+/// The EMA decay of the improved recipe.
+const IMPROVED_EMA_DECAY: f64 = 0.999;
 
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
@@ -77,6 +81,10 @@ pub struct CommonArgs {
     /// Hidden width D of the UNet.
     #[arg(long)]
     pub hidden: Option<i64>,
+    /// Network: basic (SPEC.md's UNet, the handout's) or improved (residual GroupNorm blocks, sinusoidal time
+    /// embedding, conditioning at every resolution; EMA 0.999 on by default) [default: basic].
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
     #[arg(long)]
     pub lr: Option<f64>,
     /// Final learning rate as a fraction of --lr (exponential decay stepped per epoch; 1 = constant).
@@ -92,7 +100,8 @@ pub struct CommonArgs {
     /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and sample from it.
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and sample from it; 0 turns
+    /// it off [default: 0.999 with --arch improved, else off].
     #[arg(long, value_name = "DECAY")]
     pub ema: Option<f64>,
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
@@ -109,6 +118,9 @@ pub struct CommonArgs {
     /// Fault injection for tests: make the loss NaN at this global step.
     #[arg(long, hide = true)]
     pub inject_nan_at_step: Option<i64>,
+    /// Fault injection for tests: pause this many milliseconds after writing each checkpoint file.
+    #[arg(long, hide = true)]
+    pub checkpoint_file_delay_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -144,8 +156,9 @@ impl ScheduleArgs {
 impl CommonArgs {
     fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let flags: [(&'static str, bool); 10] = [
+        let flags: [(&'static str, bool); 11] = [
             ("--epochs", self.epochs.is_some()),
+            ("--arch", self.arch.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--hidden", self.hidden.is_some()),
             ("--lr", self.lr.is_some()),
@@ -177,7 +190,13 @@ impl CommonArgs {
         c.seed = self.seed.unwrap_or(c.seed);
         // Filled in by `train` once the device is known, unless given.
         c.precision = self.precision.unwrap_or(c.precision);
-        c.ema = self.ema;
+        c.model.arch = self.arch.unwrap_or(c.model.arch);
+        c.ema = match self.ema {
+            Some(0.0) => None,
+            Some(decay) => Some(decay),
+            None if c.model.arch == Arch::Improved => Some(IMPROVED_EMA_DECAY),
+            None => None,
+        };
         c
     }
 }
@@ -244,6 +263,11 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         }
         let trainer =
             Trainer::resume(run_dir, kind, device).with_context(|| format!("cannot resume {}", run_dir.display()))?;
+        // A kill between a checkpoint's commit and the losses.csv that follows it leaves the csv one epoch behind;
+        // the checkpoint holds the whole history, so rewrite it.
+        trainer
+            .write_losses_csv()
+            .with_context(|| format!("cannot write losses.csv in {}", run_dir.display()))?;
         if trainer.is_finished() {
             eprintln!(
                 "{} is already complete ({} epochs); nothing to train",
@@ -267,6 +291,7 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         Trainer::create(config, &run_dir, device)?
     };
     trainer.inject_nan_at_step = common.inject_nan_at_step;
+    trainer.checkpoint_file_delay = common.checkpoint_file_delay_ms.map(std::time::Duration::from_millis);
 
     let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;

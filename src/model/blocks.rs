@@ -24,11 +24,15 @@ pub enum Resample {
     Unflatten,
 }
 
+/// BatchNorm's epsilon (PyTorch's and tch's default).
+const BN_EPS: f64 = 1e-5;
+
 /// conv (or transposed conv), BatchNorm2d, GELU.
 #[derive(Debug)]
 pub struct ConvNormAct {
     conv: ConvKind,
     norm: nn::BatchNorm,
+    resample: Resample,
 }
 
 #[derive(Debug)]
@@ -86,17 +90,68 @@ impl ConvNormAct {
         Self {
             conv,
             norm: batch_norm(&path / "norm", c_out),
+            resample,
         }
     }
 
     /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
     /// Unflatten: [N, i, 1, 1] -> [N, o, 7, 7].
+    ///
+    /// In eval mode BatchNorm is an affine map per channel, folded into the convolution's weights and bias, so
+    /// sampling runs one convolution instead of a convolution and a normalisation pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = match &self.conv {
-            ConvKind::Conv(c) => x.apply(c),
-            ConvKind::Transposed(c) => x.apply(c),
+        let y = if train {
+            let y = match &self.conv {
+                ConvKind::Conv(c) => x.apply(c),
+                ConvKind::Transposed(c) => x.apply(c),
+            };
+            self.norm.forward_t(&y, true)
+        } else {
+            self.forward_folded(x)
         };
-        self.norm.forward_t(&y, train).gelu("none")
+        y.gelu("none")
+    }
+
+    /// conv then eval-mode BatchNorm as one convolution: with s = gamma / sqrt(var + eps) per output channel,
+    /// weight' = weight * s and bias' = (bias - mean) * s + beta.
+    fn forward_folded(&self, x: &Tensor) -> Tensor {
+        let norm = &self.norm;
+        let ones = || norm.running_var.ones_like();
+        let gamma = norm.ws.as_ref().map_or_else(ones, Tensor::shallow_clone);
+        let beta = norm
+            .bs
+            .as_ref()
+            .map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
+        let scale = gamma / (&norm.running_var + BN_EPS).sqrt(); // [o]
+        let folded_bias = |bias: &Option<Tensor>| {
+            let bias = bias
+                .as_ref()
+                .map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
+            (bias - &norm.running_mean) * &scale + beta
+        };
+        match (&self.conv, self.resample) {
+            (ConvKind::Conv(c), resample) => {
+                let stride = if matches!(resample, Resample::Down) { 2 } else { 1 };
+                let weight = &c.ws * scale.view([-1, 1, 1, 1]); // [o, i, k, k]
+                x.conv2d(&weight, Some(&folded_bias(&c.bs)), [stride, stride], [1, 1], [1, 1], 1)
+            }
+            (ConvKind::Transposed(c), resample) => {
+                let (stride, padding) = match resample {
+                    Resample::Unflatten => (7, 0),
+                    _ => (2, 1),
+                };
+                let weight = &c.ws * scale.view([1, -1, 1, 1]); // [i, o, k, k]
+                x.conv_transpose2d(
+                    &weight,
+                    Some(&folded_bias(&c.bs)),
+                    [stride, stride],
+                    [padding, padding],
+                    [0, 0],
+                    1,
+                    [1, 1],
+                )
+            }
+        }
     }
 }
 
@@ -168,5 +223,44 @@ impl FcBlock {
         let y = x.apply(&self.first).gelu("none").apply(&self.second); // [N, o]
         let n = y.size()[0];
         y.view([n, -1, 1, 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The folded eval path gives what conv followed by eval-mode BatchNorm gives, for every resampling.
+    #[test]
+    fn folded_batch_norm_matches_conv_then_norm() {
+        tch::manual_seed(3);
+        for (resample, c_in, size) in [
+            (Resample::Same, 3, 8),
+            (Resample::Down, 3, 8),
+            (Resample::Up, 3, 4),
+            (Resample::Unflatten, 3, 1),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let block = ConvNormAct::new(vs.root(), c_in, 5, resample);
+            let x = Tensor::randn([4, c_in, size, size], (Kind::Float, Device::Cpu));
+            // Train-mode passes give the running statistics non-trivial values; perturb gamma and beta too.
+            for _ in 0..5 {
+                let _ = block.forward_t(&(&x * 3.0 + 1.0), true);
+            }
+            tch::no_grad(|| {
+                for (_, mut v) in vs.variables() {
+                    let _ = v.g_add_(&(v.randn_like() * 0.2));
+                }
+            });
+            let conv = match &block.conv {
+                ConvKind::Conv(c) => x.apply(c),
+                ConvKind::Transposed(c) => x.apply(c),
+            };
+            let expected = block.norm.forward_t(&conv, false).gelu("none");
+            let folded = block.forward_t(&x, false);
+            assert_eq!(folded.size(), expected.size(), "{resample:?}");
+            assert!(folded.allclose(&expected, 1e-4, 1e-5, false), "{resample:?}");
+        }
     }
 }

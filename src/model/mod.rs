@@ -4,6 +4,7 @@
 //! its weights (a tch `VarStore`), so that a resumed run rebuilds exactly the network it saved.
 
 pub mod blocks;
+pub mod improved;
 pub mod unet;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::layout;
 use crate::tensor_io::{self, TensorFileError};
+use improved::ImprovedUNet;
 use unet::BasicUNet;
 
 /// Which network family.
@@ -22,6 +24,18 @@ use unet::BasicUNet;
 pub enum Arch {
     /// SPEC.md's UNet (BatchNorm, GELU, an FCBlock per conditioning input).
     Basic,
+    /// Residual blocks with GroupNorm, a sinusoidal time embedding and conditioning at every resolution
+    /// (see [`improved`]).
+    Improved,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Basic => "basic",
+            Arch::Improved => "improved",
+        }
+    }
 }
 
 /// Hyperparameters that define a network; saved with every checkpoint.
@@ -36,6 +50,7 @@ pub struct UNetConfig {
 }
 
 impl UNetConfig {
+    /// The basic (SPEC.md) architecture; see [`UNetConfig::with_arch`].
     pub fn new(hidden: i64, time_cond: bool, class_cond: bool) -> Self {
         Self {
             arch: Arch::Basic,
@@ -45,6 +60,17 @@ impl UNetConfig {
             num_classes: 10,
         }
     }
+
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Basic(Box<BasicUNet>),
+    Improved(Box<ImprovedUNet>),
 }
 
 /// A network and its weights.
@@ -52,7 +78,7 @@ impl UNetConfig {
 pub struct Model {
     pub config: UNetConfig,
     vs: nn::VarStore,
-    net: BasicUNet,
+    net: Net,
 }
 
 impl Model {
@@ -61,7 +87,10 @@ impl Model {
     /// weights on every device.
     pub fn new(config: &UNetConfig, device: Device) -> Self {
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = BasicUNet::new(&vs.root(), config);
+        let net = match config.arch {
+            Arch::Basic => Net::Basic(Box::new(BasicUNet::new(&vs.root(), config))),
+            Arch::Improved => Net::Improved(Box::new(ImprovedUNet::new(&vs.root(), config))),
+        };
         // Convolution weights live in channels-last memory, like the activations (see `layout`).
         for (_, t) in vs.variables() {
             layout::make_channels_last(&t);
@@ -77,9 +106,14 @@ impl Model {
     }
 
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
-    /// Inputs the config does not use are ignored.
+    /// Inputs the config does not use are ignored. `train` selects batch statistics in the basic UNet's
+    /// BatchNorm; the improved UNet has no train/eval difference.
     pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
-        self.net.forward_t(&layout::channels_last(x), t, class, train)
+        let x = layout::channels_last(x);
+        match &self.net {
+            Net::Basic(net) => net.forward_t(&x, t, class, train),
+            Net::Improved(net) => net.forward(&x, t, class),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -163,24 +197,78 @@ mod tests {
         assert_eq!(model.parameter_count(), expected);
     }
 
+    /// The improved UNet stays within 1.5x the basic one's parameters at the cfg size (issue 4's fairness rule).
+    #[test]
+    fn improved_parameter_count_is_within_one_and_a_half_times_basic() {
+        let basic = Model::new(&UNetConfig::new(64, true, true), Device::Cpu).parameter_count();
+        let improved = Model::new(&UNetConfig::new(64, true, true).with_arch(Arch::Improved), Device::Cpu);
+        let improved = improved.parameter_count();
+        assert!(improved as f64 <= 1.5 * basic as f64, "{improved} vs {basic}");
+        assert!(improved > basic, "{improved} vs {basic}");
+    }
+
     #[test]
     fn output_shape_matches_input_for_every_conditioning() {
         let x = Tensor::randn([3, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let t = Tensor::from_slice(&[0.1f32, 0.5, 0.9]);
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 3);
-        for (time, class) in [(false, false), (true, false), (true, true)] {
-            let model = Model::new(&UNetConfig::new(8, time, class), Device::Cpu);
-            let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), true);
-            assert_eq!(y.size(), vec![3, 1, 28, 28]);
-            let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), false);
-            assert_eq!(y.size(), vec![3, 1, 28, 28]);
+        for arch in [Arch::Basic, Arch::Improved] {
+            for (hidden, time, class) in [(8, false, false), (8, true, false), (8, true, true), (12, true, true)] {
+                let model = Model::new(&UNetConfig::new(hidden, time, class).with_arch(arch), Device::Cpu);
+                let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), true);
+                assert_eq!(y.size(), vec![3, 1, 28, 28]);
+                let y = model.forward_t(&x, time.then_some(&t), class.then_some(&c), false);
+                assert_eq!(y.size(), vec![3, 1, 28, 28]);
+            }
         }
+    }
+
+    /// GroupNorm has no running statistics: the improved UNet gives the same output in train and eval mode, and
+    /// one image's output does not depend on the rest of the batch.
+    #[test]
+    fn improved_output_has_no_train_eval_or_batch_dependence() {
+        tch::manual_seed(1);
+        let model = Model::new(&UNetConfig::new(8, true, true).with_arch(Arch::Improved), Device::Cpu);
+        // Its residual branches and output start at zero; perturb every weight so the test sees a general network.
+        tch::no_grad(|| {
+            for (_, mut p) in model.named_parameters() {
+                let _ = p.g_add_(&(p.randn_like() * 0.1));
+            }
+        });
+        let x = Tensor::randn([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.1f32, 0.4, 0.6, 0.9]);
+        let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 4);
+        let train = model.forward_t(&x, Some(&t), Some(&c), true);
+        let eval = model.forward_t(&x, Some(&t), Some(&c), false);
+        assert!(train.allclose(&eval, 0.0, 0.0, false));
+        let alone = model.forward_t(
+            &x.narrow(0, 0, 1),
+            Some(&t.narrow(0, 0, 1)),
+            Some(&c.narrow(0, 0, 1)),
+            false,
+        );
+        assert!(alone.allclose(&eval.narrow(0, 0, 1), 1e-5, 1e-5, false));
+        assert!(f64::try_from(eval.abs().max()).unwrap_or(0.0) > 1e-3);
     }
 
     #[test]
     fn conditioning_changes_the_output() {
         tch::manual_seed(0);
-        let model = Model::new(&UNetConfig::new(8, true, true), Device::Cpu);
+        for arch in [Arch::Basic, Arch::Improved] {
+            conditioning_changes_the_output_of(arch);
+        }
+    }
+
+    fn conditioning_changes_the_output_of(arch: Arch) {
+        let model = Model::new(&UNetConfig::new(8, true, true).with_arch(arch), Device::Cpu);
+        if arch == Arch::Improved {
+            // Perturb the zero-initialised residual branches and output.
+            tch::no_grad(|| {
+                for (_, mut p) in model.named_parameters() {
+                    let _ = p.g_add_(&(p.randn_like() * 0.1));
+                }
+            });
+        }
         let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 2);
         let a = model.forward_t(&x, Some(&Tensor::from_slice(&[0.1f32, 0.1])), Some(&c), false);

@@ -136,6 +136,9 @@ pub struct Trainer {
     pub epoch_seconds: Vec<f64>,
     /// Testing aid for the fault tests: replace the loss at this global step (1-based) with NaN.
     pub inject_nan_at_step: Option<i64>,
+    /// Testing aid for the kill tests: pause this long after writing each checkpoint file, so that a kill at a
+    /// random moment often lands inside a checkpoint write.
+    pub checkpoint_file_delay: Option<std::time::Duration>,
 }
 
 impl Trainer {
@@ -185,6 +188,7 @@ impl Trainer {
             losses: Vec::new(),
             epoch_seconds: Vec::new(),
             inject_nan_at_step: None,
+            checkpoint_file_delay: None,
         }
     }
 
@@ -277,7 +281,7 @@ impl Trainer {
         loss.backward();
         self.adam.step(lr);
         if let Some(ema) = &mut self.ema {
-            ema.update(&self.model);
+            ema.update(&self.model, self.adam.step);
         }
         loss.detach()
     }
@@ -329,13 +333,23 @@ impl Trainer {
             epoch_seconds: self.epoch_seconds.clone(),
             config: self.config.clone(),
         };
+        let pause = || {
+            if let Some(delay) = self.checkpoint_file_delay {
+                std::thread::sleep(delay);
+            }
+        };
         let dir = checkpoint::write(&self.run_dir, self.epoch, |dir: &Path| -> Result<(), TrainError> {
             self.model.save(&dir.join(MODEL_FILE))?;
+            pause();
             self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+            pause();
             if let Some(ema) = &self.ema {
                 ema.save(&dir.join(EMA_FILE))?;
+                pause();
             }
-            write_json(&dir.join(STATE_FILE), &state)
+            write_json(&dir.join(STATE_FILE), &state)?;
+            pause();
+            Ok(())
         })
         .map_err(|e| match e {
             WriteError::Checkpoint(e) => TrainError::Checkpoint(e),

@@ -100,6 +100,20 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
+
+    /// The server's (current, peak) resident memory in MB, from /proc.
+    pub fn rss_mb(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .expect("rss field")
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
 }
 
 impl Drop for Server {
