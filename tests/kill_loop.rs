@@ -11,10 +11,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{diffuse, run_owned, stderr, tiny};
+use common::{resume, run_owned, spawn_quiet, stderr, tiny};
 
 const EPOCHS: usize = 3;
 /// Milliseconds of pause after each checkpoint file.
@@ -34,20 +33,7 @@ fn flags(out: &Path) -> Vec<String> {
 }
 
 fn resume_flags(run: &Path) -> Vec<String> {
-    [
-        "train",
-        "cfg",
-        "--resume",
-        run.to_str().expect("utf8"),
-        "--threads",
-        "2",
-        "--no-figures",
-        "--checkpoint-file-delay-ms",
-        FILE_DELAY,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    resume("cfg", run, &["--checkpoint-file-delay-ms", FILE_DELAY])
 }
 
 /// A safetensors file is whole: its header parses and the data it describes ends exactly at the end of the file.
@@ -169,12 +155,7 @@ fn sigkill_at_random_moments_then_resume_ends_on_the_uninterrupted_bytes() {
         } else {
             flags(&killed)
         };
-        let mut child = diffuse()
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_quiet(&args);
         // Somewhere in what is left of the run: start-up (about a quarter of it) plus the remaining epochs.
         let left = straight_ms / 4 + straight_ms * 3 / 4 * (EPOCHS - newest) as u64 / EPOCHS as u64;
         std::thread::sleep(Duration::from_millis(delays.next(left)));

@@ -5,7 +5,6 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -43,12 +42,7 @@ fn extra_of(kind: &str) -> Vec<&'static str> {
 
 fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path) {
     let args = tiny(kind, killed, &extra_of(kind));
-    let mut child = diffuse()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_quiet(&args);
     let started = Instant::now();
     while !killed.join("checkpoints/epoch-001/state.json").exists() {
         assert!(started.elapsed() < Duration::from_secs(300), "epoch 1 never finished");
@@ -71,15 +65,7 @@ fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path)
             }
         );
     }
-    let resumed = run(&[
-        "train",
-        kind,
-        "--resume",
-        killed.to_str().expect("utf8"),
-        "--threads",
-        "2",
-        "--no-figures",
-    ]);
+    let resumed = run_owned(&resume(kind, killed, &[]));
     assert!(resumed.status.success(), "resume failed: {}", stderr(&resumed));
 
     let files: &[&str] = if kind == "cfg" {

@@ -11,21 +11,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_clean_failure, mnist_dir, run_owned, stderr, tiny};
+use common::{assert_clean_failure, mnist_dir, resume, run_owned, stderr, tiny};
 
 fn resume_args(run: &Path) -> Vec<String> {
-    [
-        "train",
-        "cfg",
-        "--resume",
-        run.to_str().expect("utf8"),
-        "--threads",
-        "2",
-        "--no-figures",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    resume("cfg", run, &[])
 }
 
 /// `diffuse args` under `sh -c PRELUDE`, e.g. a `ulimit`.
@@ -54,13 +43,12 @@ fn epochs_on_disk(run: &Path) -> Vec<String> {
 }
 
 /// Epoch 1 is saved; the checkpoint of epoch 2 cannot be written. Returns the failed resume's output.
-fn first_epoch_then(tmp: &Path, run: &Path, fail_epoch_two: impl FnOnce(&Path) -> Output) -> (Output, Vec<u8>) {
+fn first_epoch_then(run: &Path, fail_epoch_two: impl FnOnce(&Path) -> Output) -> (Output, Vec<u8>) {
     let out = run_owned(&tiny("cfg", run, &["--epochs", "2", "--precision", "fp32"]));
     assert!(out.status.success(), "{}", stderr(&out));
     // Keep only epoch 1, as if the run had stopped there.
     fs::remove_dir_all(run.join("checkpoints/epoch-002")).expect("rm epoch 2");
     let model = fs::read(run.join("checkpoints/epoch-001/model.safetensors")).expect("model");
-    let _ = tmp;
     (fail_epoch_two(run), model)
 }
 
@@ -117,7 +105,7 @@ fn assert_recovers(run: &Path, failed: &Output, model_before: &[u8], healthy: Op
 fn a_file_size_limit_during_a_checkpoint_write_keeps_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let run = tmp.path().join("run");
-    let (failed, model) = first_epoch_then(tmp.path(), &run, |run| {
+    let (failed, model) = first_epoch_then(&run, |run| {
         // SIGXFSZ ignored, so the write fails with EFBIG instead of killing the process; 8 KiB per file.
         run_limited("trap '' XFSZ; ulimit -f 8", &resume_args(run))
     });
@@ -174,7 +162,7 @@ fn a_read_only_checkpoints_folder_keeps_the_previous_checkpoint() {
     let checkpoints = run.join("checkpoints");
     let c = checkpoints.display().to_string();
     let mut mounted = false;
-    let (failed, model) = first_epoch_then(tmp.path(), &run, |run| {
+    let (failed, model) = first_epoch_then(&run, |run| {
         // Without root a mode change suffices; root ignores modes, so it gets a read-only bind mount instead.
         sh(&format!("chmod a-w '{c}'"));
         if fs::write(checkpoints.join("probe"), b"x").is_ok() {

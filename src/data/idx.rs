@@ -195,8 +195,6 @@ fn encode_header(dims: &[usize]) -> Result<Vec<u8>, IdxError> {
     Ok(header)
 }
 
-/// Writes `data` of shape `dims` as an uncompressed IDX file. The file appears at `path` complete or
-/// not at all: it is written to a temporary file in the same folder, synced, then renamed.
 /// The IDX pair that `diffuse sample --idx PREFIX` writes and `diffuse eval --idx PREFIX` reads:
 /// (`PREFIX-images-idx3-ubyte`, `PREFIX-labels-idx1-ubyte`).
 pub fn sample_file_paths(prefix: &Path) -> (PathBuf, PathBuf) {
@@ -208,6 +206,8 @@ pub fn sample_file_paths(prefix: &Path) -> (PathBuf, PathBuf) {
     (with("-images-idx3-ubyte"), with("-labels-idx1-ubyte"))
 }
 
+/// Writes `data` of shape `dims` as an uncompressed IDX file. The file appears at `path` complete or
+/// not at all: it is written to a temporary file in the same folder, synced, then renamed.
 pub fn write_idx(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), IdxError> {
     let header = encode_header(dims)?;
     let expected = element_count(dims).ok_or_else(|| IdxError::TooLarge { dims: dims.to_vec() })?;

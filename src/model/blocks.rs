@@ -41,51 +41,38 @@ enum ConvKind {
     Transposed(nn::ConvTranspose2D),
 }
 
+impl Resample {
+    /// (kernel, stride, padding) of the convolution (Same, Down) or transposed convolution (Up, Unflatten).
+    fn geometry(self) -> (i64, i64, i64) {
+        match self {
+            Resample::Same => (3, 1, 1),
+            Resample::Down => (3, 2, 1),
+            Resample::Up => (4, 2, 1),
+            Resample::Unflatten => (7, 7, 0),
+        }
+    }
+}
+
 impl ConvNormAct {
     pub fn new(path: nn::Path, c_in: i64, c_out: i64, resample: Resample) -> Self {
+        let (kernel, stride, padding) = resample.geometry();
         let conv = match resample {
-            Resample::Same => ConvKind::Conv(nn::conv2d(
-                &path / "conv",
-                c_in,
-                c_out,
-                3,
-                nn::ConvConfig {
-                    padding: 1,
+            Resample::Same | Resample::Down => {
+                let config = nn::ConvConfig {
+                    stride,
+                    padding,
                     ..Default::default()
-                },
-            )),
-            Resample::Down => ConvKind::Conv(nn::conv2d(
-                &path / "conv",
-                c_in,
-                c_out,
-                3,
-                nn::ConvConfig {
-                    stride: 2,
-                    padding: 1,
+                };
+                ConvKind::Conv(nn::conv2d(&path / "conv", c_in, c_out, kernel, config))
+            }
+            Resample::Up | Resample::Unflatten => {
+                let config = nn::ConvTransposeConfig {
+                    stride,
+                    padding,
                     ..Default::default()
-                },
-            )),
-            Resample::Up => ConvKind::Transposed(nn::conv_transpose2d(
-                &path / "conv",
-                c_in,
-                c_out,
-                4,
-                nn::ConvTransposeConfig {
-                    stride: 2,
-                    padding: 1,
-                    ..Default::default()
-                },
-            )),
-            Resample::Unflatten => ConvKind::Transposed(nn::conv_transpose2d(
-                &path / "conv",
-                c_in,
-                c_out,
-                7,
-                nn::ConvTransposeConfig {
-                    stride: 7,
-                    ..Default::default()
-                },
-            )),
+                };
+                ConvKind::Transposed(nn::conv_transpose2d(&path / "conv", c_in, c_out, kernel, config))
+            }
         };
         Self {
             conv,
@@ -101,15 +88,18 @@ impl ConvNormAct {
     /// sampling runs one convolution instead of a convolution and a normalisation pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = if train {
-            let y = match &self.conv {
-                ConvKind::Conv(c) => x.apply(c),
-                ConvKind::Transposed(c) => x.apply(c),
-            };
-            self.norm.forward_t(&y, true)
+            self.norm.forward_t(&self.conv(x), true)
         } else {
             self.forward_folded(x)
         };
         y.gelu("none")
+    }
+
+    fn conv(&self, x: &Tensor) -> Tensor {
+        match &self.conv {
+            ConvKind::Conv(c) => x.apply(c),
+            ConvKind::Transposed(c) => x.apply(c),
+        }
     }
 
     /// conv then eval-mode BatchNorm as one convolution: with s = gamma / sqrt(var + eps) per output channel,
@@ -129,17 +119,14 @@ impl ConvNormAct {
                 .map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
             (bias - &norm.running_mean) * &scale + beta
         };
-        match (&self.conv, self.resample) {
-            (ConvKind::Conv(c), resample) => {
-                let stride = if matches!(resample, Resample::Down) { 2 } else { 1 };
+        let (_, stride, padding) = self.resample.geometry();
+        match &self.conv {
+            ConvKind::Conv(c) => {
                 let weight = &c.ws * scale.view([-1, 1, 1, 1]); // [o, i, k, k]
-                x.conv2d(&weight, Some(&folded_bias(&c.bs)), [stride, stride], [1, 1], [1, 1], 1)
+                let bias = folded_bias(&c.bs);
+                x.conv2d(&weight, Some(&bias), [stride, stride], [padding, padding], [1, 1], 1)
             }
-            (ConvKind::Transposed(c), resample) => {
-                let (stride, padding) = match resample {
-                    Resample::Unflatten => (7, 0),
-                    _ => (2, 1),
-                };
+            ConvKind::Transposed(c) => {
                 let weight = &c.ws * scale.view([1, -1, 1, 1]); // [i, o, k, k]
                 x.conv_transpose2d(
                     &weight,
@@ -253,11 +240,7 @@ mod tests {
                     let _ = v.g_add_(&(v.randn_like() * 0.2));
                 }
             });
-            let conv = match &block.conv {
-                ConvKind::Conv(c) => x.apply(c),
-                ConvKind::Transposed(c) => x.apply(c),
-            };
-            let expected = block.norm.forward_t(&conv, false).gelu("none");
+            let expected = block.norm.forward_t(&block.conv(&x), false).gelu("none");
             let folded = block.forward_t(&x, false);
             assert_eq!(folded.size(), expected.size(), "{resample:?}");
             assert!(folded.allclose(&expected, 1e-4, 1e-5, false), "{resample:?}");

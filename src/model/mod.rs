@@ -223,18 +223,23 @@ mod tests {
         }
     }
 
+    /// Adds noise to every weight. The improved UNet's residual branches and output start at zero; perturbed, a
+    /// test sees a general network.
+    fn perturb(model: &Model) {
+        tch::no_grad(|| {
+            for (_, mut p) in model.named_parameters() {
+                let _ = p.g_add_(&(p.randn_like() * 0.1));
+            }
+        });
+    }
+
     /// GroupNorm has no running statistics: the improved UNet gives the same output in train and eval mode, and
     /// one image's output does not depend on the rest of the batch.
     #[test]
     fn improved_output_has_no_train_eval_or_batch_dependence() {
         tch::manual_seed(1);
         let model = Model::new(&UNetConfig::new(8, true, true).with_arch(Arch::Improved), Device::Cpu);
-        // Its residual branches and output start at zero; perturb every weight so the test sees a general network.
-        tch::no_grad(|| {
-            for (_, mut p) in model.named_parameters() {
-                let _ = p.g_add_(&(p.randn_like() * 0.1));
-            }
-        });
+        perturb(&model);
         let x = Tensor::randn([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let t = Tensor::from_slice(&[0.1f32, 0.4, 0.6, 0.9]);
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 4);
@@ -262,12 +267,7 @@ mod tests {
     fn conditioning_changes_the_output_of(arch: Arch) {
         let model = Model::new(&UNetConfig::new(8, true, true).with_arch(arch), Device::Cpu);
         if arch == Arch::Improved {
-            // Perturb the zero-initialised residual branches and output.
-            tch::no_grad(|| {
-                for (_, mut p) in model.named_parameters() {
-                    let _ = p.g_add_(&(p.randn_like() * 0.1));
-                }
-            });
+            perturb(&model);
         }
         let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let c = Tensor::eye(10, (tch::Kind::Float, Device::Cpu)).narrow(0, 0, 2);

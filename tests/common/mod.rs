@@ -64,6 +64,25 @@ pub fn tiny(kind: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `train KIND --resume RUN` with two threads and figures off, plus `extra`.
+pub fn resume(kind: &str, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", kind, "--resume"].iter().map(|s| s.to_string()).collect();
+    args.push(run.display().to_string());
+    args.extend(["--threads", "2", "--no-figures"].iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts `diffuse args...` in the background with its output discarded (for tests that kill it).
+pub fn spawn_quiet(args: &[String]) -> std::process::Child {
+    diffuse()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn diffuse")
+}
+
 pub fn run_owned(args: &[String]) -> Output {
     diffuse().args(args).output().expect("spawn diffuse")
 }
