@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::generate::{generate, GenerateOptions, Request, SamplerKind};
+use crate::generate::{generate, step_count, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use crate::model::Arch;
 use crate::precision::Precision;
 use crate::train::config::ModelKind;
@@ -42,13 +42,27 @@ pub struct BenchRow {
     /// Euler 50 steps for flow.
     pub sample_img_per_s: Option<f64>,
     pub sample_ms_per_step: Option<f64>,
+    /// Seconds for the same 40 digits with the default sampler and steps ([`SampleDefaults`]), extrapolated from
+    /// the same timed steps.
+    pub sample_default_s: Option<f64>,
     pub peak_rss_mb: f64,
 }
 
-/// Digits drawn per sampling benchmark (SPEC.md: 4 of each digit).
+/// Digits drawn per sampling benchmark (the assignment: 4 of each digit).
 const SAMPLE_DIGITS: usize = 40;
+/// Euler steps of the flow reference job.
+const FLOW_REFERENCE_STEPS: usize = 50;
 
-pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError> {
+/// A benchmark that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+}
+
+pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError> {
     let mut train_config = config.model.spec_config();
     train_config.model.hidden = config.hidden;
     train_config.model.arch = config.arch;
@@ -71,14 +85,17 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
 
     let sample_ms_per_step = match config.model {
         ModelKind::Denoiser => None,
-        _ => Some(time_sampler_step(&trainer, config)),
+        _ => Some(time_sampler_step(&trainer, config)?),
     };
-    // A full run: DDPM's 300 steps, or the flow sampler's default 50 Euler steps.
+    // The reference job that bench/pytorch_ref.py also times: DDPM's 300 steps, or 50 Euler steps for flow.
     let full_steps = if config.model == ModelKind::Flow {
-        crate::generate::DEFAULT_STEPS as f64
+        FLOW_REFERENCE_STEPS as f64
     } else {
         300.0
     };
+    // What `diffuse sample` does by default, for the same 40 digits.
+    let defaults = SampleDefaults::for_objective(&trainer.config.objective).options();
+    let default_evaluations = step_count(&trainer.config, &defaults) as f64;
     Ok(BenchRow {
         engine: "diffuse",
         model: config.model.name(),
@@ -91,12 +108,13 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, TrainError>
         train_img_per_s,
         sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,
+        sample_default_s: sample_ms_per_step.map(|ms| default_evaluations * ms / 1000.0),
         peak_rss_mb: peak_rss_mb(),
     })
 }
 
 /// Milliseconds per sampler step for 40 class-conditioned digits (guided: one forward of 80) or 40 plain ones.
-fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> f64 {
+fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
     let request = if trainer.config.model.class_cond {
         Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
     } else {
@@ -115,16 +133,14 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> f64 {
             ..Default::default()
         };
         let started = Instant::now();
-        let out = generate(&trainer.model, &trainer.config, &request, &options);
-        if let Ok(out) = out {
-            // Wait for the device before stopping the clock.
-            let _ = out.images.sum(Kind::Float).double_value(&[]);
-        }
-        started.elapsed().as_secs_f64()
+        let out = generate(&trainer.model, &trainer.config, &request, &options)?;
+        // Wait for the device before stopping the clock.
+        let _ = out.images.sum(Kind::Float).double_value(&[]);
+        Ok::<f64, GenerateError>(started.elapsed().as_secs_f64())
     };
-    run(2);
+    run(2)?;
     let steps = config.sample_steps.max(1);
-    run(steps) * 1000.0 / steps as f64
+    Ok(run(steps)? * 1000.0 / steps as f64)
 }
 
 /// Peak resident memory of this process (VmHWM), in MB.

@@ -17,7 +17,7 @@ use crate::atomic_file::sync_dir;
 pub const MODEL_FILE: &str = "model.safetensors";
 /// Adam moments.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// Epoch, step, learning rate, RNG state, loss history and config (JSON).
+/// Epoch, optimizer step, RNG state, loss history and config (JSON); the learning rate follows from the config.
 pub const STATE_FILE: &str = "state.json";
 pub const FILES: [&str; 3] = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
 

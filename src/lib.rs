@@ -8,11 +8,10 @@
 pub mod atomic_file;
 pub mod bench;
 pub mod checkpoint;
-pub mod classifier;
 pub mod data;
 pub mod device;
 pub mod ema;
-pub mod evaluate;
+pub mod eval;
 pub mod figures;
 pub mod flow_path;
 pub mod generate;

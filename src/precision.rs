@@ -1,6 +1,6 @@
 //! Mixed precision: bf16 autocast with fp32 master weights, on CPU (AMX) and CUDA.
 //!
-//! tch 0.24 only exposes CUDA fp16 autocast, so a small C++ shim (`csrc/autocast_shim.cpp`) switches libtorch's
+//! tch 0.24 only exposes CUDA fp16 autocast, so a small C++ shim (`csrc/libtorch_shim.cpp`) switches libtorch's
 //! autocast on for the device type and dtype we want. Weights and optimizer state stay fp32; convolutions and
 //! matrix products run in bf16 inside [`autocast`].
 
@@ -18,9 +18,9 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The training default for `device`: bf16 on CPUs that compute it natively (AVX512-BF16 or AMX-BF16), where
-    /// it trains 1.8-2.2x faster with the same loss curve (README, Performance); fp32 elsewhere, including CUDA,
-    /// where this tool measured no gain from bf16 on an H200.
+    /// The default for `device` when `--precision` is not given, for training and sampling alike: bf16 on CPUs
+    /// that compute it natively (AVX512-BF16 or AMX-BF16), where it trains 1.8-2.2x faster with the same loss curve
+    /// (README, Performance); fp32 elsewhere, including CUDA, where this tool measured no gain from bf16 on an H200.
     pub fn preferred(device: Device) -> Self {
         if device == Device::Cpu && cpu_has_native_bf16() {
             Precision::Bf16
@@ -28,15 +28,50 @@ impl Precision {
             Precision::Fp32
         }
     }
+
+    /// How the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The `--precision` flag resolved for `device`: the flag when given, else [`Precision::preferred`].
+    pub fn resolve(requested: Option<Precision>, device: Device) -> Self {
+        requested.unwrap_or_else(|| Self::preferred(device))
+    }
+
+    /// A one-line warning when this precision will be slow on `device`: bf16 on a CPU that only emulates it.
+    pub fn slow_here(self, device: Device) -> Option<String> {
+        (self == Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16()).then(|| {
+            format!(
+                "warning: --precision bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in {CPUINFO}): \
+                 libtorch emulates it, measured {BF16_EMULATION_COST} than fp32; drop --precision to use fp32"
+            )
+        })
+    }
 }
 
-/// Whether /proc/cpuinfo lists a native bf16 instruction set.
+/// What emulated bf16 cost where it was measured (README, Performance).
+const BF16_EMULATION_COST: &str =
+    "7x slower (denoiser training 1.5 against 10.2 img/s on an AVX2-only AMD EPYC, `diffuse bench --model denoiser`)";
+
+const CPUINFO: &str = "/proc/cpuinfo";
+
+/// Whether the CPU flags list a native bf16 instruction set. The flags come from /proc/cpuinfo, or from the file
+/// named by `DIFFUSE_CPUINFO` (tests use it to play a CPU without bf16).
 pub fn cpu_has_native_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-        info.lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
-    })
+    let path = std::env::var_os("DIFFUSE_CPUINFO").unwrap_or_else(|| CPUINFO.into());
+    std::fs::read_to_string(path).is_ok_and(|info| flags_have_native_bf16(&info))
+}
+
+/// Whether the `flags` lines of a /proc/cpuinfo text name avx512_bf16 or amx_bf16.
+fn flags_have_native_bf16(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
 }
 
 extern "C" {
@@ -74,6 +109,21 @@ pub fn autocast_enabled(device: Device) -> bool {
 mod tests {
     use super::*;
     use tch::{Kind, Tensor};
+
+    #[test]
+    fn native_bf16_is_read_from_the_cpu_flags() {
+        // Abridged /proc/cpuinfo lines of the three CPU classes seen on the development machines.
+        let avx2_epyc = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma bmi2\n";
+        let bf16_epyc = "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n";
+        let spr = "flags\t\t: avx2 avx512f amx_bf16 amx_tile amx_int8\n";
+        assert!(!flags_have_native_bf16(avx2_epyc));
+        assert!(flags_have_native_bf16(bf16_epyc));
+        assert!(flags_have_native_bf16(spr));
+        // A flag name that merely contains the word does not count, nor does a line other than `flags`.
+        assert!(!flags_have_native_bf16(
+            "flags\t: avx512_bf16x\nmodel name\t: avx512_bf16\n"
+        ));
+    }
 
     #[test]
     fn bf16_autocast_runs_convolutions_in_bf16_and_switches_off_after() {

@@ -12,12 +12,13 @@ use crate::model::Model;
 use crate::train::trainer::{load_model, TrainError};
 use crate::train::TrainConfig;
 
-/// The model used when none is named: the class-conditioned DDPM trained with SPEC.md's full budget.
+/// The model used when none is named: the class-conditioned DDPM trained with the assignment's full budget.
 pub const DEFAULT_MODEL: &str = "cfg-d64";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Where shipped models live: `$DIFFUSE_MODELS`, else `./models` when it exists, else the source tree's `models/`.
+/// Where shipped models live: `$DIFFUSE_MODELS`, else `./models` when it exists, else `models/` beside the
+/// executable (the release bundle's layout), else the source tree's `models/`.
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("DIFFUSE_MODELS") {
         return PathBuf::from(dir);
@@ -25,6 +26,12 @@ pub fn models_dir() -> PathBuf {
     let local = PathBuf::from("models");
     if local.is_dir() {
         return local;
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("models")));
+    if let Some(dir) = beside_exe.filter(|d| d.is_dir()) {
+        return dir;
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
 }

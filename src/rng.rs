@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// A seeded, serialisable random stream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,19 +58,6 @@ impl RunRng {
     pub fn bernoullis(&mut self, n: usize, p: f64) -> Vec<bool> {
         (0..n).map(|_| self.inner.random_bool(p.clamp(0.0, 1.0))).collect()
     }
-
-    /// A seed for a derived stream (e.g. libtorch's weight initialisation).
-    pub fn next_seed(&mut self) -> u64 {
-        self.inner.random()
-    }
-}
-
-/// Helper for tests and samplers: a float tensor from a Vec.
-pub fn tensor_from(values: &[f32], shape: &[i64], device: Device) -> Tensor {
-    Tensor::from_slice(values)
-        .reshape(shape)
-        .to_kind(Kind::Float)
-        .to_device(device)
 }
 
 #[cfg(test)]

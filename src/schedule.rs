@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// Hyperparameters of a linear beta schedule (SPEC.md: T = 300, 1e-4 .. 0.02).
+/// Hyperparameters of a linear beta schedule (the assignment: T = 300, 1e-4 .. 0.02).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScheduleConfig {
     pub timesteps: usize,

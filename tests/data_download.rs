@@ -1,7 +1,8 @@
 //! `diffuse::data::download` against real HTTP: a tiny HTTP/1.1 server on 127.0.0.1 plays several broken
 //! mirrors (404, an HTML page, truncated gzip, valid gzip of the wrong content) and one good mirror that
 //! serves the real files from `$MNIST_DIR`, plus a port where nothing listens. Tests that need the real
-//! files skip (with a note) when `MNIST_DIR` is unset.
+//! files fail when `MNIST_DIR` is unset. The data folder's order (flag, then `MNIST_DIR`, then ./data/mnist) is
+//! checked here too, with the variable set for the binary.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -118,13 +119,12 @@ fn start_mirrors(good: Option<HashMap<String, Vec<u8>>>) -> (Vec<String>, String
     (broken, format!("{base}/good"))
 }
 
-/// The real gzipped files from `$MNIST_DIR` (gzipping raw ones), or `None` when unset.
-fn real_gz_files() -> Option<HashMap<String, Vec<u8>>> {
-    let Some(dir) = std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) else {
-        eprintln!("MNIST_DIR not set: skipping download test that serves real MNIST");
-        return None;
-    };
-    let dir = PathBuf::from(dir);
+/// The real gzipped files from `$MNIST_DIR` (gzipping raw ones); fails without it rather than pass unchecked.
+fn real_gz_files() -> HashMap<String, Vec<u8>> {
+    let dir = std::env::var_os("MNIST_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .expect("MNIST_DIR must point at the real MNIST files");
     let files = MNIST_MD5_UNCOMPRESSED.iter().map(|(name, _)| {
         let path = mnist::find_file(&dir, name).expect("MNIST_DIR holds all four files");
         let bytes = std::fs::read(&path).expect("read real file");
@@ -135,7 +135,7 @@ fn real_gz_files() -> Option<HashMap<String, Vec<u8>>> {
         };
         (format!("{name}.gz"), gz)
     });
-    Some(files.collect())
+    files.collect()
 }
 
 fn names_in(dir: &Path) -> Vec<OsString> {
@@ -149,7 +149,7 @@ fn names_in(dir: &Path) -> Vec<OsString> {
 
 #[test]
 fn falls_back_past_broken_mirrors_and_verifies_every_file() {
-    let Some(good) = real_gz_files() else { return };
+    let good = real_gz_files();
     let (broken, good_url) = start_mirrors(Some(good));
     let mut mirrors = vec![refused_mirror()];
     mirrors.extend(broken);
@@ -217,4 +217,41 @@ fn refused_connection_is_reported_and_leaves_nothing() {
     assert_eq!(attempts[0].mirror, mirror);
     assert!(matches!(attempts[0].error, MirrorError::Request(_)), "{e}");
     assert_eq!(names_in(dir.path()), Vec::<OsString>::new());
+}
+
+/// `diffuse data check` looks at --data-dir, else `$MNIST_DIR`, else ./data/mnist: each level is seen by setting
+/// the one above it to a folder that does not exist and reading which folder the error names.
+#[test]
+fn data_folder_comes_from_the_flag_then_mnist_dir_then_the_default() {
+    let bin = env!("CARGO_BIN_EXE_diffuse");
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let check = |flag: Option<&str>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.current_dir(cwd.path()).args(["data", "check"]);
+        if let Some(flag) = flag {
+            cmd.args(["--data-dir", flag]);
+        }
+        match env {
+            Some(value) => cmd.env("MNIST_DIR", value),
+            None => cmd.env_remove("MNIST_DIR"),
+        };
+        let out = cmd.output().expect("spawn diffuse");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let real = std::env::var("MNIST_DIR").expect("MNIST_DIR must point at the real MNIST files");
+    let real = std::fs::canonicalize(real).expect("MNIST_DIR exists");
+    // The variable alone: the real files pass the check.
+    let ok = std::process::Command::new(bin)
+        .args(["data", "check"])
+        .env("MNIST_DIR", &real)
+        .output()
+        .expect("spawn diffuse");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(check(Some("/no/flag-dir"), Some("/no/env-dir")).contains("/no/flag-dir"));
+    let from_env = check(None, Some("/no/env-dir"));
+    assert!(from_env.contains("/no/env-dir"), "{from_env}");
+    let from_default = check(None, None);
+    assert!(from_default.contains("data/mnist"), "{from_default}");
+    assert!(check(None, Some("")).contains("data/mnist"));
 }

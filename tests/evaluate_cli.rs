@@ -27,14 +27,52 @@ fn write_test_digits(prefix: &Path, n: usize, random_labels: bool) {
     diffuse::data::write_idx(&labels_path, &[n], &labels).expect("labels");
 }
 
-/// (accuracy %, FD) from the table `diffuse eval` prints.
-fn eval_idx(prefix: &Path) -> (Option<f64>, f64) {
+/// Writes `n` real test digits that are all `digit` (test set, then training set if the test set runs out).
+fn write_one_class(prefix: &Path, n: usize, digit: u8) {
+    let mut images = Vec::with_capacity(n * 784);
+    for split in [diffuse::data::Split::Test, diffuse::data::Split::Train] {
+        let digits = diffuse::data::load(&mnist_dir(), split).expect("split");
+        for (i, _) in digits.labels.iter().enumerate().filter(|(_, &l)| l == digit) {
+            if images.len() < n * 784 {
+                images.extend_from_slice(&digits.images[i * 784..(i + 1) * 784]);
+            }
+        }
+    }
+    let (images_path, labels_path) = diffuse::data::sample_file_paths(prefix);
+    diffuse::data::write_idx(&images_path, &[n, 28, 28], &images).expect("images");
+    diffuse::data::write_idx(&labels_path, &[n], &vec![digit; n]).expect("labels");
+}
+
+/// The cells of the table row that starts with `name` (columns: sampler steps evals guidance interval n seeds
+/// accuracy acc_sd FD FD_sd seconds).
+fn row_of(table: &str, name: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cells| cells.first().map(String::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+}
+
+/// (accuracy %, FD) of a row.
+fn accuracy_and_fd(row: &[String]) -> (Option<f64>, f64) {
+    let accuracy = row[7].strip_suffix('%').map(|a| a.parse().expect("accuracy"));
+    (accuracy, row[9].parse().expect("fd"))
+}
+
+/// (accuracy %, FD) of the samples and of the floor beside them, from the table `diffuse eval --idx` prints.
+fn eval_idx_and_floor(prefix: &Path) -> ((Option<f64>, f64), (Option<f64>, f64)) {
     let out = run(&["eval", "--idx", prefix.to_str().expect("utf8")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
-    let accuracy = row[4].strip_suffix('%').map(|a| a.parse().expect("accuracy"));
-    (accuracy, row[5].parse().expect("fd"))
+    let (idx, floor) = (row_of(&table, "idx"), row_of(&table, "floor"));
+    // The floor is scored at the same n.
+    assert_eq!(idx[5], floor[5], "floor at another n:\n{table}");
+    (accuracy_and_fd(&idx), accuracy_and_fd(&floor))
+}
+
+/// (accuracy %, FD) of the samples from the table `diffuse eval --idx` prints.
+fn eval_idx(prefix: &Path) -> (Option<f64>, f64) {
+    eval_idx_and_floor(prefix).0
 }
 
 #[test]
@@ -42,7 +80,13 @@ fn known_cases_score_as_expected() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let real = tmp.path().join("real");
     write_test_digits(&real, 1000, false);
-    let (accuracy, fd_real) = eval_idx(&real);
+    let ((accuracy, fd_real), (floor_accuracy, floor_fd)) = eval_idx_and_floor(&real);
+    // The floor (1,000 real training digits): near-perfect accuracy, and an FD close to the test digits' own.
+    assert!(floor_accuracy.expect("floor has labels") > 98.0);
+    assert!(
+        floor_fd < 2.0 * fd_real.max(1.0) && fd_real < 2.0 * floor_fd.max(1.0),
+        "{floor_fd} vs {fd_real}"
+    );
     assert!(
         accuracy.expect("labels given") > 98.0,
         "accuracy on real digits {accuracy:?}"
@@ -50,13 +94,23 @@ fn known_cases_score_as_expected() {
 
     let wrong = tmp.path().join("wrong");
     write_test_digits(&wrong, 1000, true);
-    let (wrong_accuracy, fd_wrong) = eval_idx(&wrong);
+    let (wrong_accuracy, _) = eval_idx(&wrong);
     let wrong_accuracy = wrong_accuracy.expect("labels given");
     assert!(
         (5.0..15.0).contains(&wrong_accuracy),
         "random labels should score near 10%, got {wrong_accuracy}"
     );
-    assert!((fd_wrong - fd_real).abs() < 1e-6, "labels must not change the FD");
+
+    // One digit only (1,000 real test digits, all of them "1"s): every image is real, but the set has lost the
+    // other nine classes, and the FD must say so.
+    let ones = tmp.path().join("ones");
+    write_one_class(&ones, 1000, 1);
+    let (ones_accuracy, fd_ones) = eval_idx(&ones);
+    assert!(ones_accuracy.expect("labels given") > 98.0);
+    assert!(
+        fd_ones > 10.0 * fd_real.max(0.5),
+        "a set of 1s alone scores FD {fd_ones}, real digits {fd_real}"
+    );
 
     // Uniform noise images: no labels file, so no accuracy; the FD is far above the real digits'.
     let noise = tmp.path().join("noise");
@@ -71,17 +125,37 @@ fn known_cases_score_as_expected() {
         "noise FD {fd_noise} vs real {fd_real}"
     );
     eprintln!(
-        "FD: real test digits {fd_real:.3}, uniform noise {fd_noise:.1}; wrong-label accuracy {wrong_accuracy:.1}%"
+        "FD: real test digits {fd_real:.3}, all 1s {fd_ones:.1}, uniform noise {fd_noise:.1}; wrong-label accuracy {wrong_accuracy:.1}%"
     );
 }
 
 #[test]
 fn eval_samples_from_a_model_and_train_classifier_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = run(&["eval", "--per-digit", "2", "--sampler", "ddim", "--steps", "3"]);
+    let out = run(&[
+        "eval",
+        "--per-digit",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3,4",
+        "--seeds",
+        "2",
+        "--guidance",
+        "1,3",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(table.contains("DDIM") && table.contains(" 20 "), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("ddim ")).collect();
+    // 2 step counts x 2 guidance scales, each over 2 seeds of 20 samples.
+    assert_eq!(rows.len(), 4, "{table}");
+    for row in rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!((cells[5], cells[6]), ("20", "2"), "{row}");
+        // Two seeds give two different draws, so the FD has a spread.
+        assert!(cells[10].parse::<f64>().expect("sd") > 0.0, "{row}");
+    }
 
     let clf = tmp.path().join("clf");
     let out = run(&[
@@ -106,4 +180,120 @@ fn eval_samples_from_a_model_and_train_classifier_runs() {
         ]),
         "classifier",
     );
+}
+
+/// The quality gate's bounds at n = 100 (10 per digit), for each shipped model with its default sampler, set from
+/// the distribution measured over seeds (README, Evaluation: "Quality gate"): FD at most the mean plus 4 sd and
+/// accuracy at least the mean minus 4 sd (bounded by what the classifier itself reaches).
+const GATE_CFG_FD: f64 = 60.0;
+const GATE_CFG_ACC: f64 = 95.0;
+const GATE_FLOW_FD: f64 = 60.0;
+const GATE_FLOW_ACC: f64 = 95.0;
+
+struct Gate {
+    model: &'static str,
+    max_fd: f64,
+    min_accuracy: f64,
+}
+
+const GATES: [Gate; 2] = [
+    Gate {
+        model: "cfg-d64",
+        max_fd: GATE_CFG_FD,
+        min_accuracy: GATE_CFG_ACC,
+    },
+    Gate {
+        model: "flow-d64",
+        max_fd: GATE_FLOW_FD,
+        min_accuracy: GATE_FLOW_ACC,
+    },
+];
+
+/// `diffuse eval --idx PREFIX`'s (accuracy %, FD) for `images` [N*784] with `labels`.
+fn score_idx(prefix: &Path, images: &[u8], labels: &[u8]) -> (f64, f64) {
+    let (images_path, labels_path) = diffuse::data::sample_file_paths(prefix);
+    diffuse::data::write_idx(&images_path, &[labels.len(), 28, 28], images).expect("images");
+    diffuse::data::write_idx(&labels_path, &[labels.len()], labels).expect("labels");
+    let (accuracy, fd) = eval_idx(prefix);
+    (accuracy.expect("labels given"), fd)
+}
+
+/// 3x3 box blur of each 28x28 image.
+fn blur(images: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; images.len()];
+    for (k, image) in images.chunks(784).enumerate() {
+        for y in 0..28i32 {
+            for x in 0..28i32 {
+                let (mut sum, mut count) = (0u32, 0u32);
+                for dy in -1..=1 {
+                    for dx in -1..=1 {
+                        let (yy, xx) = (y + dy, x + dx);
+                        if (0..28).contains(&yy) && (0..28).contains(&xx) {
+                            sum += u32::from(image[(yy * 28 + xx) as usize]);
+                            count += 1;
+                        }
+                    }
+                }
+                out[k * 784 + (y * 28 + x) as usize] = (sum / count) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// The shipped models drawn with their default samplers pass the gate, and three broken samplers would not: one that
+/// draws noise, one that blurs, one that ignores the class (the same digits under shifted labels).
+#[test]
+fn quality_gate_for_the_shipped_models_and_their_default_samplers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for gate in GATES {
+        let prefix = tmp.path().join(gate.model);
+        let out = run(&[
+            "sample",
+            "--model",
+            gate.model,
+            "--per-digit",
+            "10",
+            "--seed",
+            "2024",
+            "--idx",
+            prefix.to_str().expect("utf8"),
+            "--out",
+            tmp.path().join(format!("{}.png", gate.model)).to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (images_path, labels_path) = diffuse::data::sample_file_paths(&prefix);
+        let images = diffuse::data::read_idx(&images_path).expect("images").data;
+        let labels = diffuse::data::read_idx(&labels_path).expect("labels").data;
+        let passes = |(accuracy, fd): (f64, f64)| accuracy >= gate.min_accuracy && fd <= gate.max_fd;
+
+        let drawn = score_idx(&prefix, &images, &labels);
+        eprintln!(
+            "{}: accuracy {:.1}%, FD {:.2} (gate: >= {}%, <= {})",
+            gate.model, drawn.0, drawn.1, gate.min_accuracy, gate.max_fd
+        );
+        assert!(passes(drawn), "{}: {drawn:?} fails the gate", gate.model);
+
+        let mut rng = diffuse::rng::RunRng::new(5);
+        let noise: Vec<u8> = rng.uniforms(images.len()).iter().map(|u| (u * 255.0) as u8).collect();
+        let shifted: Vec<u8> = labels.iter().map(|l| (l + 1) % 10).collect();
+        for (name, broken) in [
+            ("noise", score_idx(&tmp.path().join("noise"), &noise, &labels)),
+            (
+                "blurred",
+                score_idx(&tmp.path().join("blurred"), &blur(&images), &labels),
+            ),
+            (
+                "class ignored",
+                score_idx(&tmp.path().join("ignored"), &images, &shifted),
+            ),
+        ] {
+            eprintln!("{}, {name}: accuracy {:.1}%, FD {:.2}", gate.model, broken.0, broken.1);
+            assert!(
+                !passes(broken),
+                "{}: a {name} sampler would pass the gate: {broken:?}",
+                gate.model
+            );
+        }
+    }
 }

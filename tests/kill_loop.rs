@@ -2,18 +2,22 @@
 //! and resumed after each kill must end on exactly the bytes of an uninterrupted run, and no `epoch-NNN` folder may
 //! ever be incomplete.
 //!
-//! `DIFFUSE_KILLS` sets the number of kills (default 8). Each checkpoint file write is followed by a hidden
-//! 200 ms pause (`--checkpoint-file-delay-ms`) so that a good share of the kills land inside a checkpoint write.
-//! Run with `--nocapture` to see where each kill landed.
+//! `DIFFUSE_KILLS` sets the number of kills (default 8). Each kill aims at a moment in turn (start-up, inside an
+//! epoch, inside a checkpoint write), found from the run's progress lines and from its `.partial` checkpoint
+//! folder, with a random delay inside that moment; where it landed is read back from the disk and the log, and a
+//! kill that missed its moment is followed by another until every moment has been hit. Each checkpoint file
+//! write is followed by a hidden 200 ms pause (`--checkpoint-file-delay-ms`) so that the write is long enough to
+//! aim at. Run with `--nocapture` to see where each kill landed.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{resume, run_owned, spawn_quiet, stderr, tiny};
+use common::{resume, run_owned, spawn_with_lines, stderr, tiny, wait_for_line};
 
 const EPOCHS: usize = 3;
 /// Milliseconds of pause after each checkpoint file.
@@ -95,21 +99,47 @@ fn assert_checkpoints_whole(run: &Path) -> usize {
     newest
 }
 
-/// Where the run was when it was killed.
-fn moment(run: &Path, before: usize) -> &'static str {
-    let partial = fs::read_dir(run.join("checkpoints"))
+const START_UP: &str = "during start-up";
+const INSIDE_AN_EPOCH: &str = "inside an epoch";
+const INSIDE_A_CHECKPOINT_WRITE: &str = "inside a checkpoint write";
+const MOMENTS: [&str; 3] = [START_UP, INSIDE_AN_EPOCH, INSIDE_A_CHECKPOINT_WRITE];
+
+/// The hidden partial checkpoint folders in the run, by inode. A kill inside a write leaves its folder behind until
+/// the next write replaces it, so a partial folder means a write under way only if it is not one of these.
+fn partial_folders(run: &Path) -> HashSet<u64> {
+    fs::read_dir(run.join("checkpoints"))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+                .collect()
         })
-        .unwrap_or(false);
-    if partial {
-        "inside a checkpoint write"
-    } else if run.join("checkpoints").exists() || before > 0 {
-        "inside an epoch"
+        .unwrap_or_default()
+}
+
+/// A partial folder for `epoch` that was not there before (`before`): that epoch's checkpoint write is under way.
+fn writing(run: &Path, epoch: usize, before: &HashSet<u64>) -> bool {
+    let path = run.join(format!("checkpoints/.epoch-{epoch:03}.partial"));
+    path.metadata().is_ok_and(|m| !before.contains(&m.ino()))
+}
+
+/// Where the process was when it was killed: inside a checkpoint write when it had started a partial folder,
+/// during start-up when it had not logged a training step (it logs every step of these tiny epochs), else inside
+/// an epoch.
+fn moment(
+    run: &Path,
+    before: &HashSet<u64>,
+    lines: &std::sync::mpsc::Receiver<String>,
+    saw_step: bool,
+) -> &'static str {
+    let saw_step = saw_step || lines.try_iter().any(|l| l.contains(": step "));
+    if partial_folders(run).difference(before).next().is_some() {
+        INSIDE_A_CHECKPOINT_WRITE
+    } else if saw_step {
+        INSIDE_AN_EPOCH
     } else {
-        "before the first checkpoint"
+        START_UP
     }
 }
 
@@ -123,6 +153,42 @@ impl Delays {
         self.0 ^= self.0 << 17;
         self.0 % max_ms.max(1)
     }
+}
+
+/// Waits until the running child reaches `target` in `epoch`, then a random few milliseconds more. Returns whether
+/// it got there, and whether a step line was read on the way (false, false when the run ended first).
+fn wait_for_moment(
+    target: &str,
+    epoch: usize,
+    run: &Path,
+    before: &HashSet<u64>,
+    lines: &std::sync::mpsc::Receiver<String>,
+    delays: &mut Delays,
+) -> (bool, bool) {
+    let limit = Duration::from_secs(300);
+    let reached = match target {
+        // Start-up reads the data and builds (or loads) the model before the first step.
+        START_UP => {
+            std::thread::sleep(Duration::from_millis(delays.next(300)));
+            return (true, false);
+        }
+        // A step line of that epoch ("epoch 2/3: step 4/8, ..."): its next steps are under way.
+        INSIDE_AN_EPOCH => wait_for_line(lines, &format!("epoch {epoch}/{EPOCHS}: step "), limit),
+        // The partial folder appears when the write starts and is renamed once all four files (200 ms each) are in.
+        _ => {
+            let started = Instant::now();
+            while !writing(run, epoch, before) {
+                if started.elapsed() > limit {
+                    return (false, false);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            true
+        }
+    };
+    let jitter = if target == INSIDE_A_CHECKPOINT_WRITE { 500 } else { 20 };
+    std::thread::sleep(Duration::from_millis(delays.next(jitter)));
+    (reached, target == INSIDE_AN_EPOCH)
 }
 
 #[test]
@@ -147,20 +213,39 @@ fn sigkill_at_random_moments_then_resume_ends_on_the_uninterrupted_bytes() {
     let mut delays = Delays(seed);
     let killed = tmp.path().join("killed");
     let mut landed: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut done = 0;
-    while done < kills {
+    let mut attempts = 0;
+    // Every moment must be hit at least once, however many kills that takes.
+    while landed.values().sum::<usize>() < kills || MOMENTS.iter().any(|m| !landed.contains_key(m)) {
+        attempts += 1;
+        assert!(
+            attempts <= 6 * kills.max(MOMENTS.len()),
+            "after {attempts} attempts the kills landed only {landed:?}"
+        );
+        if assert_checkpoints_whole(&killed) == EPOCHS {
+            // The run finished between kills: start over so the remaining kills still land somewhere.
+            fs::remove_dir_all(&killed).expect("rm");
+        }
         let newest = assert_checkpoints_whole(&killed);
+        // Aim at the moments still missing first, then at each in turn.
+        let target = MOMENTS
+            .iter()
+            .copied()
+            .find(|m| !landed.contains_key(m))
+            .unwrap_or(MOMENTS[attempts % MOMENTS.len()]);
         let args = if newest > 0 {
             resume_flags(&killed)
         } else {
             flags(&killed)
         };
-        let mut child = spawn_quiet(&args);
-        // Somewhere in what is left of the run: start-up (about a quarter of it) plus the remaining epochs.
-        let left = straight_ms / 4 + straight_ms * 3 / 4 * (EPOCHS - newest) as u64 / EPOCHS as u64;
-        std::thread::sleep(Duration::from_millis(delays.next(left)));
-        if child.try_wait().expect("wait").is_some() {
+        // Any epoch still to come, so that kills land all along the run.
+        let epoch = newest + 1 + delays.next((EPOCHS - newest) as u64) as usize;
+        let before = partial_folders(&killed);
+        let (mut child, lines) = spawn_with_lines(&args);
+        let (reached, saw_step) = wait_for_moment(target, epoch, &killed, &before, &lines, &mut delays);
+        if !reached || child.try_wait().expect("wait").is_some() {
             // It finished before the kill: start over so the remaining kills still land somewhere.
+            let _ = child.kill();
+            let _ = child.wait();
             assert!(
                 assert_checkpoints_whole(&killed) == EPOCHS,
                 "a run exited early without finishing"
@@ -170,14 +255,12 @@ fn sigkill_at_random_moments_then_resume_ends_on_the_uninterrupted_bytes() {
         }
         child.kill().expect("SIGKILL");
         let _ = child.wait();
-        let at = moment(&killed, newest);
+        let at = moment(&killed, &before, &lines, saw_step);
         *landed.entry(at).or_default() += 1;
         let after = assert_checkpoints_whole(&killed);
         eprintln!(
-            "kill {}: {at}; newest checkpoint before {newest}, after {after}",
-            done + 1
+            "kill {attempts}: aimed {target} of epoch {epoch}, landed {at}; newest checkpoint before {newest}, after {after}"
         );
-        done += 1;
     }
     // Finish the run.
     let newest = assert_checkpoints_whole(&killed);
@@ -188,7 +271,7 @@ fn sigkill_at_random_moments_then_resume_ends_on_the_uninterrupted_bytes() {
     };
     let out = run_owned(&args);
     assert!(out.status.success(), "final resume failed: {}", stderr(&out));
-    eprintln!("{kills} kills (uninterrupted run {straight_ms} ms): {landed:?}");
+    eprintln!("{attempts} kills (uninterrupted run {straight_ms} ms): {landed:?}");
 
     for file in &FILES[..3] {
         let a = fs::read(straight.join("checkpoints/epoch-003").join(file)).expect("straight");

@@ -1,11 +1,11 @@
-//! Exact resume: a run killed (SIGKILL) at a random moment during epoch 2 and resumed ends on the same bytes as a
-//! run that was never stopped.
+//! Exact resume: a run killed (SIGKILL) after a random step of epoch 2 (the test checks that the kill landed there)
+//! and resumed ends on the same bytes as a run that was never stopped.
 
 mod common;
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::*;
 
@@ -13,13 +13,13 @@ fn checkpoint_bytes(run: &Path, epoch: usize, file: &str) -> Vec<u8> {
     fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}"))).expect("read checkpoint file")
 }
 
-/// A pseudo-random delay from the clock, so each test run kills at a different moment.
-fn random_millis(max: u64) -> u64 {
+/// A pseudo-random number in 0..max from the clock, so each test run kills at a different moment.
+fn random_below(max: u64) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    (nanos as u64 / 1000) % max
+    (nanos as u64 / 1000) % max.max(1)
 }
 
 /// fp32 for the denoiser, bf16 autocast for cfg: exact resume must hold in both precisions.
@@ -40,30 +40,46 @@ fn extra_of(kind: &str) -> Vec<&'static str> {
     args
 }
 
+/// Epoch 1 is saved, epoch 2 is not, and no checkpoint write was under way: the kill landed inside epoch 2.
+fn landed_inside_epoch_two(run: &Path) -> bool {
+    let partial = fs::read_dir(run.join("checkpoints"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        })
+        .unwrap_or(false);
+    run.join("checkpoints/epoch-001/state.json").exists() && !run.join("checkpoints/epoch-002").exists() && !partial
+}
+
+/// Runs `kind` and SIGKILLs it after a random step of epoch 2 (read from its progress lines), retrying from scratch
+/// with an earlier step until the kill lands inside epoch 2, then resumes it.
 fn kill_during_epoch_two_then_resume(kind: &str, straight: &Path, killed: &Path) {
     let args = tiny(kind, killed, &extra_of(kind));
-    let mut child = spawn_quiet(&args);
-    let started = Instant::now();
-    while !killed.join("checkpoints/epoch-001/state.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "epoch 1 never finished");
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "training exited before epoch 1 was saved"
+    // 512 images in batches of 64: 8 steps an epoch, a progress line after each of steps 1..7.
+    let mut after_step = 1 + random_below(6);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (mut child, lines) = spawn_with_lines(&args);
+        let prefix = format!("epoch 2/2: step {after_step}/");
+        let seen = wait_for_line(&lines, &prefix, Duration::from_secs(300));
+        let running = child.try_wait().expect("wait").is_none();
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let landed = seen && running && landed_inside_epoch_two(killed);
+        eprintln!(
+            "{kind}: attempt {attempts}, kill after step {after_step} of epoch 2: landed inside epoch 2: {landed}"
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(random_millis(400)));
-    let still_running = child.try_wait().expect("wait").is_none();
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    eprintln!("{kind}: killed during epoch 2: {still_running}");
-    if still_running {
+        if landed {
+            break;
+        }
         assert!(
-            !killed.join("checkpoints/epoch-002/model.safetensors").exists() || {
-                // The kill may land after the epoch-2 commit; then the checkpoint must be whole (resume sees it).
-                killed.join("checkpoints/epoch-002/state.json").exists()
-            }
+            attempts < 5,
+            "{kind}: no kill landed inside epoch 2 in {attempts} attempts"
         );
+        fs::remove_dir_all(killed).expect("rm killed run");
+        after_step = 1;
     }
     let resumed = run_owned(&resume(kind, killed, &[]));
     assert!(resumed.status.success(), "resume failed: {}", stderr(&resumed));
@@ -123,4 +139,45 @@ fn resume_refuses_another_kind_and_changed_flags() {
     assert!(again.status.success(), "{}", stderr(&again));
     // Starting a new run over it is refused.
     assert_clean_failure(&run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"])), "--resume");
+}
+
+/// `--resume RUN --epochs N` extends a finished run. With a constant learning rate the schedule of the extended
+/// run is the straight run's, so extending a 1-epoch run to 2 must end on the bytes of a 2-epoch run.
+#[test]
+fn a_finished_run_extended_with_epochs_equals_the_longer_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let flags = ["--seed", "4", "--precision", "fp32", "--lr-final-ratio", "1"];
+    let straight = tmp.path().join("straight");
+    let mut args = tiny("ddpm", &straight, &flags);
+    args.extend(["--epochs".to_string(), "2".to_string()]);
+    let out = run_owned(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let extended = tmp.path().join("extended");
+    let mut args = tiny("ddpm", &extended, &flags);
+    args.extend(["--epochs".to_string(), "1".to_string()]);
+    let out = run_owned(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = run_owned(&resume("ddpm", &extended, &[]));
+    assert!(stderr(&again).contains("already complete"), "{}", stderr(&again));
+
+    let out = run_owned(&resume("ddpm", &extended, &["--epochs", "2"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("after epoch 1 of 2"), "{}", stderr(&out));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            checkpoint_bytes(&straight, 2, file) == checkpoint_bytes(&extended, 2, file),
+            "epoch-2 {file} of the extended run differs from the 2-epoch run"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(straight.join("losses.csv")).expect("csv"),
+        fs::read_to_string(extended.join("losses.csv")).expect("csv"),
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(extended.join("config.json")).expect("config")).expect("json");
+    assert_eq!(config["epochs"], 2);
+    assert_eq!(config["lr_decay_epochs"], 1);
+    // Fewer epochs than trained is refused.
+    assert_clean_failure(&run_owned(&resume("ddpm", &extended, &["--epochs", "1"])), "at least");
 }

@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 
+use std::path::Path;
+
 #[test]
 fn sample_writes_grid_gif_and_idx_and_refuses_bad_requests() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -218,4 +220,50 @@ fn sampling_uses_the_weight_average_when_a_run_keeps_one() {
     std::fs::remove_file(checkpoint.join("ema.safetensors")).expect("rm ema");
     let raw = draw("raw");
     assert_ne!(with_ema, raw, "sampling ignored the weight average");
+}
+
+/// Sampling picks its precision by the same rule as training: bf16 where the CPU has native bf16, fp32 elsewhere.
+/// An explicit bf16 on a CPU without it is honoured with one warning. The CPU is played by a cpuinfo file.
+#[test]
+fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let avx2 = tmp.path().join("avx2-cpuinfo");
+    std::fs::write(&avx2, "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n").expect("write");
+    let bf16 = tmp.path().join("bf16-cpuinfo");
+    std::fs::write(&bf16, "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n").expect("write");
+    let png = tmp.path().join("g.png");
+    let sample = |cpuinfo: &Path, extra: &[&str]| {
+        let out = diffuse()
+            .env("DIFFUSE_CPUINFO", cpuinfo)
+            .args([
+                "sample",
+                "--digits",
+                "1",
+                "--per-digit",
+                "1",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "2",
+            ])
+            .args(["--out", png.to_str().expect("utf8")])
+            .args(extra)
+            .output()
+            .expect("spawn diffuse");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let warning = "warning: --precision bf16 on a CPU without native bf16";
+    let auto_avx2 = sample(&avx2, &[]);
+    assert!(
+        auto_avx2.contains("on cpu") && auto_avx2.contains(", fp32"),
+        "{auto_avx2}"
+    );
+    assert!(!auto_avx2.contains(warning));
+    let auto_bf16 = sample(&bf16, &[]);
+    assert!(auto_bf16.contains(", bf16"), "{auto_bf16}");
+    let forced = sample(&avx2, &["--precision", "bf16"]);
+    assert_eq!(forced.matches(warning).count(), 1, "{forced}");
+    assert!(forced.contains("7x slower") && forced.contains(", bf16"), "{forced}");
+    assert!(!sample(&bf16, &["--precision", "bf16"]).contains(warning));
 }

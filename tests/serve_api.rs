@@ -196,11 +196,15 @@ fn load_200_requests_16_concurrent_then_50_malformed() {
     assert!(server.is_running());
 }
 
+/// Every batch is made to take 3 s by the worker's test-only hook, so the 1 s timeout fires however fast the machine.
 #[test]
 fn a_full_queue_answers_503_and_a_slow_generation_504() {
-    let server = Server::start(&["--queue", "1", "--timeout-secs", "1"]);
+    let server = Server::start_with_env(
+        &["--queue", "1", "--timeout-secs", "1"],
+        &[("DIFFUSE_TEST_BATCH_DELAY_MS", "3000")],
+    );
     let agent = http();
-    let slow = format!("{}/api/generate?digit=8&n=64&sampler=ddim&steps=20", server.base);
+    let slow = format!("{}/api/generate?digit=8&n=2&sampler=ddim&steps=2", server.base);
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {

@@ -2,8 +2,8 @@
 
 use clap::Args;
 
+use super::runtime::{resolve_precision, DeviceArgs};
 use diffuse::bench::{self, BenchConfig};
-use diffuse::device::{self, DeviceChoice};
 use diffuse::model::Arch;
 use diffuse::precision::Precision;
 use diffuse::train::config::ModelKind;
@@ -16,32 +16,31 @@ pub struct BenchArgs {
     /// Network architecture.
     #[arg(long, value_enum, default_value_t = Arch::Basic)]
     pub arch: Arch,
-    /// Hidden width D [default: the kind's SPEC.md value].
+    /// Hidden width D [default: the kind's value in the assignment].
     #[arg(long)]
     pub hidden: Option<i64>,
-    /// Batch size [default: the kind's SPEC.md value].
+    /// Batch size [default: the kind's value in the assignment].
     #[arg(long)]
     pub batch: Option<usize>,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
+    /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     #[arg(long, default_value_t = 20)]
     pub sample_steps: usize,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    device::set_threads(args.threads);
     let device = args.device.resolve()?;
+    let precision = resolve_precision(args.precision, device);
     let models = if args.model.is_empty() {
         vec![ModelKind::Denoiser, ModelKind::Ddpm, ModelKind::Cfg, ModelKind::Flow]
     } else {
@@ -49,8 +48,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12}",
-            "model", "arch", "D", "batch", "prec", "threads", "train img/s", "sample img/s", "peak RSS MB"
+            "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12} {:>12}",
+            "model",
+            "arch",
+            "D",
+            "batch",
+            "prec",
+            "threads",
+            "train img/s",
+            "sample img/s",
+            "default 40 s",
+            "peak RSS MB"
         );
     }
     for model in models {
@@ -60,7 +68,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             arch: args.arch,
             hidden: args.hidden.unwrap_or(spec.model.hidden),
             batch: args.batch.unwrap_or(spec.batch_size),
-            precision: args.precision,
+            precision,
             warmup: args.warmup,
             steps: args.steps.max(1),
             sample_steps: args.sample_steps,
@@ -70,16 +78,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             let sample = row.sample_img_per_s.map_or("-".to_string(), |v| format!("{v:.3}"));
+            let default = row.sample_default_s.map_or("-".to_string(), |v| format!("{v:.1}"));
             println!(
-                "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12.0}",
+                "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12} {:>12.0}",
                 row.model,
                 row.arch.name(),
                 row.hidden,
                 row.batch,
-                format!("{:?}", row.precision).to_lowercase(),
+                row.precision.name(),
                 row.threads,
                 row.train_img_per_s,
                 sample,
+                default,
                 row.peak_rss_mb
             );
         }

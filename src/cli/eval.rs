@@ -1,23 +1,23 @@
-//! `diffuse train classifier` and `diffuse eval`: the tool's own sample-quality numbers.
+//! `diffuse train classifier` and `diffuse eval`: the tool's own sample-quality numbers, by the protocol of
+//! [`diffuse::eval::protocol`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tch::{Device, Kind, Tensor};
 
-use diffuse::classifier::{Classifier, ClassifierInfo};
-use diffuse::data::{self, read_idx, sample_file_paths, Split};
-use diffuse::device::DeviceChoice;
-use diffuse::evaluate::{moments, score, Quality};
+use diffuse::data::{self, digits_to_tensor, labels_to_tensor, Split};
+use diffuse::eval::classifier::{Classifier, ClassifierInfo};
+use diffuse::eval::metrics::score;
+use diffuse::eval::protocol::{self, Setting, Summary};
+use diffuse::eval::train_classifier;
 use diffuse::figures::plot::{line_plot, Series};
-use diffuse::generate::{generate, GenerateOptions, Request, SamplerKind};
+use diffuse::generate::{parse_guidance_interval, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use diffuse::pretrained;
-use diffuse::train::trainer::{digits_to_tensor, labels_to_tensor};
-use diffuse::train::Objective;
+use diffuse::sampler::levels::Spacing;
 
-use super::runtime::RuntimeArgs;
+use super::runtime::{DeviceArgs, ModelArgs, RuntimeArgs};
 
 /// Where the shipped classifier lives.
 pub const DEFAULT_CLASSIFIER: &str = "mnist-classifier";
@@ -37,17 +37,14 @@ pub struct ClassifierArgs {
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn train_classifier(args: ClassifierArgs) -> anyhow::Result<()> {
     if args.epochs == 0 {
         bail!("--epochs must be at least 1");
     }
-    diffuse::device::set_threads(args.threads);
     let device = args.device.resolve()?;
     let dir = data::resolve_data_dir(args.data_dir.as_deref());
     let mut train = data::load(&dir, Split::Train)?;
@@ -58,7 +55,8 @@ pub fn train_classifier(args: ClassifierArgs) -> anyhow::Result<()> {
     tch::manual_seed(args.seed as i64);
     let mut classifier = Classifier::new(device);
     let started = Instant::now();
-    classifier.train(
+    train_classifier::train(
+        &mut classifier,
         &digits_to_tensor(&train).to_device(device),
         &labels_to_tensor(&train).to_device(device),
         args.epochs,
@@ -70,7 +68,7 @@ pub fn train_classifier(args: ClassifierArgs) -> anyhow::Result<()> {
             );
         },
     );
-    let test_accuracy = classifier.accuracy(&digits_to_tensor(&test), &test.labels);
+    let test_accuracy = classifier.accuracy(&digits_to_tensor(&test), &test.labels)?;
     eprintln!("test accuracy {:.2}% on {} digits", test_accuracy * 100.0, test.n);
     classifier.save(
         &args.out,
@@ -87,150 +85,135 @@ pub fn train_classifier(args: ClassifierArgs) -> anyhow::Result<()> {
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 pub struct EvalArgs {
-    /// A training run (its newest checkpoint) or model folder to sample from.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "idx"])]
-    pub run: Option<PathBuf>,
-    /// A shipped model [default: cfg-d64 when neither --run nor --idx is given].
-    #[arg(long, conflicts_with = "idx")]
-    pub model: Option<String>,
-    /// Checkpoint epoch of --run [default: the newest].
-    #[arg(long, requires = "run")]
-    pub epoch: Option<usize>,
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Score existing samples instead: PREFIX-images-idx3-ubyte (+ PREFIX-labels-idx1-ubyte when present).
-    #[arg(long, value_name = "PREFIX")]
+    #[arg(long, value_name = "PREFIX", conflicts_with_all = ["run", "model"])]
     pub idx: Option<PathBuf>,
     /// Samples per digit (class-conditioned models; 10x this for unconditional ones).
     #[arg(long, default_value_t = 50)]
     pub per_digit: usize,
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerKind>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Sampler(s) to score, comma-separated [default: the model's (README Sampling); with --sweep: every one that
+    /// fits].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub sampler: Vec<SamplerKind>,
+    /// Step count(s) for every sampler but ddpm, comma-separated [default: the model's; with --sweep: per sampler].
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<usize>,
+    /// Guidance scale(s), comma-separated [default: the model's; with --sweep: 1,2,3,5].
+    #[arg(long, value_delimiter = ',')]
+    pub guidance: Vec<f64>,
+    /// Guidance interval(s) LO,HI in normalized time (repeatable; `all` = guide at every step) [default: all].
+    #[arg(long, value_name = "LO,HI")]
+    pub guidance_interval: Vec<String>,
+    /// Where dpmpp-2m places its timesteps [default: trailing].
+    #[arg(long, value_enum, default_value_t = Spacing::default())]
+    pub spacing: Spacing,
+    /// First sample seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Sweep sampler x steps x guidance (DDPM 300, DDIM 10/20/50 or flow Euler 5/10/20/50; guidance 1/3/5/7).
+    /// Score each setting with this many sample seeds (seed, seed+1, ...) and report mean and sd.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Score a grid: every sampler that fits at several step counts, guidance 1,2,3,5 (flags given narrow it).
     #[arg(long)]
     pub sweep: bool,
     /// Where the sweep table goes.
     #[arg(long, default_value = "sweep.csv")]
     pub csv: PathBuf,
-    /// Where the sweep's quality-vs-steps plot goes.
+    /// Where the sweep's quality-vs-evaluations plot goes.
     #[arg(long, default_value = "sweep.png")]
     pub plot: PathBuf,
     /// Classifier folder [default: the shipped models/mnist-classifier].
     #[arg(long)]
     pub classifier: Option<PathBuf>,
-    /// Data folder for the MNIST test set [default: $MNIST_DIR, else ./data/mnist].
+    /// Data folder for the MNIST test (reference) and training (floor) sets [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
+/// One line of the table: what was scored, with how many network evaluations per sample.
 struct Row {
-    sampler: String,
-    steps: usize,
+    name: String,
+    steps: Option<usize>,
+    evaluations: Option<usize>,
     guidance: Option<f64>,
-    quality: Quality,
-    seconds: f64,
+    interval: Option<(f64, f64)>,
+    summary: Summary,
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
+    if args.per_digit == 0 || args.seeds == 0 {
+        bail!("--per-digit and --seeds must be at least 1");
+    }
     let classifier_dir = match &args.classifier {
         Some(dir) => dir.clone(),
         None => pretrained::path_of(DEFAULT_CLASSIFIER)?,
     };
     let classifier = Classifier::load(&classifier_dir, device)
         .with_context(|| format!("cannot load the classifier from {}", classifier_dir.display()))?;
-    let test = data::load(&data::resolve_data_dir(args.data_dir.as_deref()), Split::Test)?;
-    let reference = moments(&classifier.features_and_predictions(&digits_to_tensor(&test)).0);
-
-    let mut rows = Vec::new();
-    if let Some(prefix) = &args.idx {
-        let (images, labels) = read_samples(prefix)?;
-        let quality = score(&classifier, &images, labels.as_deref(), &reference);
-        rows.push(Row {
-            sampler: "idx".into(),
-            steps: 0,
+    let data_dir = data::resolve_data_dir(args.data_dir.as_deref());
+    let reference = protocol::reference(&classifier, &data::load(&data_dir, Split::Test)?)?;
+    let train = data::load(&data_dir, Split::Train)?;
+    let floor_row = |per_digit: usize| -> anyhow::Result<Row> {
+        let quality = protocol::floor(&classifier, &train, per_digit, args.seed, &reference)?;
+        Ok(Row {
+            name: "floor".into(),
+            steps: None,
+            evaluations: None,
             guidance: None,
-            quality,
-            seconds: 0.0,
-        });
+            interval: None,
+            summary: Summary::of(&[(quality, 0.0)]),
+        })
+    };
+
+    if let Some(prefix) = &args.idx {
+        let (images, labels) = protocol::read_samples(prefix)?;
+        let quality = score(&classifier, &images, labels.as_deref(), &reference)?;
+        let n = quality.n;
+        let rows = vec![
+            floor_row((n / 10).max(1))?,
+            Row {
+                name: "idx".into(),
+                steps: None,
+                evaluations: None,
+                guidance: None,
+                interval: None,
+                summary: Summary::of(&[(quality, 0.0)]),
+            },
+        ];
         print_rows(&rows);
         return Ok(());
     }
-    let source = match (&args.run, &args.model) {
-        (Some(run), _) => run.clone(),
-        (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
-    };
-    let loaded = pretrained::load(&source, args.epoch, device)?;
+    let loaded = args.source.load(device)?;
     let class_cond = loaded.config.model.class_cond;
-    if args.per_digit == 0 {
-        bail!("--per-digit must be at least 1");
-    }
     let request = if class_cond {
         Request::Classes((0..10u8).flat_map(|c| std::iter::repeat_n(c, args.per_digit)).collect())
     } else {
         Request::Unconditional(10 * args.per_digit)
     };
-    let is_flow = matches!(loaded.config.objective, Objective::Flow { .. });
-    let settings: Vec<(SamplerKind, Option<usize>, f64)> = if args.sweep {
-        let samplers: Vec<(SamplerKind, Option<usize>)> = if is_flow {
-            [5, 10, 20, 50].iter().map(|&s| (SamplerKind::Euler, Some(s))).collect()
-        } else {
-            let mut s = vec![
-                (SamplerKind::Ddim, Some(10)),
-                (SamplerKind::Ddim, Some(20)),
-                (SamplerKind::Ddim, Some(50)),
-            ];
-            s.push((SamplerKind::Ddpm, None));
-            s
-        };
-        let guidances: Vec<f64> = if class_cond {
-            vec![1.0, 3.0, 5.0, 7.0]
-        } else {
-            vec![1.0]
-        };
-        guidances
-            .iter()
-            .flat_map(|&g| samplers.iter().map(move |&(k, s)| (k, s, g)))
-            .collect()
-    } else {
-        vec![(
-            args.sampler
-                .unwrap_or_else(|| SamplerKind::default_for(&loaded.config.objective)),
-            args.steps,
-            args.guidance,
-        )]
+    let settings = settings(&args, &loaded.config.objective, class_cond)?;
+    let base = GenerateOptions {
+        spacing: args.spacing,
+        seed: args.seed,
+        precision: args.runtime.precision(device),
+        ..GenerateOptions::default()
     };
-    for (sampler, steps, guidance) in settings {
-        let options = GenerateOptions {
-            sampler: Some(sampler),
-            steps,
-            guidance,
-            seed: args.seed,
-            frame_every: None,
-            precision: args.runtime.precision,
-        };
-        let started = Instant::now();
-        let output = generate(&loaded.model, &loaded.config, &request, &options)?;
-        let images = output.images.to_device(Device::Cpu);
-        let seconds = started.elapsed().as_secs_f64();
-        let labels = match &request {
-            Request::Classes(c) => Some(c.clone()),
-            _ => None,
-        };
-        let quality = score(&classifier, &images, labels.as_deref(), &reference);
-        let steps = diffuse::generate::step_count(&loaded.config, &options);
+    let mut rows = vec![floor_row(args.per_digit)?];
+    eprintln!("{}", format_row(&rows[0]));
+    for setting in &settings {
+        let summary =
+            protocol::evaluate_setting(&loaded, &request, setting, &base, args.seeds, &classifier, &reference)?;
         let row = Row {
-            sampler: sampler.label().into(),
-            steps,
-            guidance: class_cond.then_some(guidance),
-            quality,
-            seconds,
+            name: setting.sampler.name().into(),
+            steps: setting.steps,
+            evaluations: Some(protocol::evaluations(&loaded, setting, &base)),
+            guidance: class_cond.then_some(setting.guidance),
+            interval: setting.guidance_interval,
+            summary,
         };
         eprintln!("{}", format_row(&row));
         rows.push(row);
@@ -242,87 +225,145 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_samples(prefix: &Path) -> anyhow::Result<(Tensor, Option<Vec<u8>>)> {
-    let (images_path, labels_path) = sample_file_paths(prefix);
-    let images = read_idx(&images_path)?;
-    if images.dims.len() != 3 || images.dims[1] != 28 || images.dims[2] != 28 {
-        bail!(
-            "{}: expected [N, 28, 28] images, found {:?}",
-            images_path.display(),
-            images.dims
-        );
-    }
-    let n = images.dims[0];
-    let labels = if labels_path.exists() {
-        let labels = read_idx(&labels_path)?;
-        if labels.dims != [n] {
-            bail!("{}: {} labels for {n} images", labels_path.display(), labels.data.len());
-        }
-        Some(labels.data)
-    } else {
-        None
+/// The settings the flags ask for: each list given, else the sweep's (with --sweep) or the single default.
+fn settings(args: &EvalArgs, objective: &diffuse::train::Objective, class_cond: bool) -> anyhow::Result<Vec<Setting>> {
+    let defaults = SampleDefaults::for_objective(objective);
+    let samplers: Vec<(SamplerKind, Option<usize>)> = match (args.sampler.is_empty(), args.steps.is_empty()) {
+        (true, true) if args.sweep => protocol::sweep_samplers(objective),
+        (true, _) => with_steps(&[defaults.sampler], &args.steps),
+        (false, _) => with_steps(&args.sampler, &args.steps),
     };
-    let tensor = Tensor::from_slice(&images.data)
-        .view([n as i64, 1, 28, 28])
-        .to_kind(Kind::Float)
-        / 255.0;
-    Ok((tensor, labels))
+    for (sampler, _) in &samplers {
+        if !sampler.fits(objective) {
+            bail!(
+                "--sampler {} does not apply to a `{}` model (use one of: {})",
+                sampler.name(),
+                objective.name(),
+                SamplerKind::fitting(objective)
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let guidances: Vec<f64> = match (args.guidance.is_empty(), class_cond) {
+        (_, false) => vec![1.0],
+        (true, true) if args.sweep => protocol::SWEEP_GUIDANCE.to_vec(),
+        (true, true) => vec![defaults.guidance],
+        (false, true) => args.guidance.clone(),
+    };
+    let mut intervals = Vec::new();
+    for text in &args.guidance_interval {
+        intervals.push(match text.as_str() {
+            "all" => None,
+            _ => Some(parse_guidance_interval(text)?),
+        });
+    }
+    if intervals.is_empty() {
+        intervals.push(None);
+    }
+    Ok(protocol::grid(&samplers, &guidances, &intervals))
+}
+
+/// Each sampler at each step count (DDPM once: it always takes every timestep).
+fn with_steps(samplers: &[SamplerKind], steps: &[usize]) -> Vec<(SamplerKind, Option<usize>)> {
+    let mut pairs = Vec::new();
+    for &sampler in samplers {
+        if sampler == SamplerKind::Ddpm || steps.is_empty() {
+            pairs.push((sampler, None));
+        } else {
+            pairs.extend(steps.iter().map(|&s| (sampler, Some(s))));
+        }
+    }
+    pairs
+}
+
+const HEADER: [&str; 12] = [
+    "sampler", "steps", "evals", "guidance", "interval", "n", "seeds", "accuracy", "acc_sd", "FD", "FD_sd", "seconds",
+];
+
+/// The row's cells, in [`HEADER`]'s order ("-" where a cell does not apply).
+fn cells(r: &Row) -> Vec<String> {
+    let dash = || "-".to_string();
+    let s = &r.summary;
+    vec![
+        r.name.clone(),
+        r.steps.map_or_else(dash, |v| v.to_string()),
+        r.evaluations.map_or_else(dash, |v| v.to_string()),
+        r.guidance.map_or_else(dash, |g| g.to_string()),
+        r.interval.map_or_else(dash, |(lo, hi)| format!("{lo},{hi}")),
+        s.n.to_string(),
+        s.seeds.to_string(),
+        s.accuracy.map_or_else(dash, |(a, _)| format!("{:.1}%", a * 100.0)),
+        s.accuracy.map_or_else(dash, |(_, sd)| format!("{:.1}", sd * 100.0)),
+        format!("{:.2}", s.fd.0),
+        format!("{:.2}", s.fd.1),
+        if r.evaluations.is_some() {
+            format!("{:.1}", s.seconds)
+        } else {
+            dash()
+        },
+    ]
+}
+
+fn format_cells(cells: &[String]) -> String {
+    let widths = [12, 5, 5, 8, 9, 6, 5, 8, 6, 8, 6, 8];
+    cells
+        .iter()
+        .zip(widths)
+        .enumerate()
+        .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn format_row(r: &Row) -> String {
-    let guidance = r.guidance.map_or("-".to_string(), |g| format!("{g}"));
-    let accuracy = r
-        .quality
-        .accuracy
-        .map_or("-".to_string(), |a| format!("{:.1}%", a * 100.0));
-    format!(
-        "{:<7} {:>5} {:>8} {:>6} {:>9} {:>9.2} {:>9.1}",
-        r.sampler, r.steps, guidance, r.quality.n, accuracy, r.quality.fd, r.seconds
-    )
+    format_cells(&cells(r))
 }
 
 fn print_rows(rows: &[Row]) {
-    println!(
-        "{:<7} {:>5} {:>8} {:>6} {:>9} {:>9} {:>9}",
-        "sampler", "steps", "guidance", "n", "accuracy", "FD", "seconds"
-    );
+    println!("{}", format_cells(&HEADER.map(String::from)));
     for r in rows {
         println!("{}", format_row(r));
     }
 }
 
 fn write_sweep(rows: &[Row], csv: &Path, plot: &Path, label: &str) -> anyhow::Result<()> {
-    let mut text = String::from("sampler,steps,guidance,n,accuracy,fd,seconds\n");
+    let mut text = HEADER.join(",").to_lowercase() + "\n";
     for r in rows {
-        let g = r.guidance.map_or(String::new(), |g| g.to_string());
-        let a = r.quality.accuracy.map_or(String::new(), |a| a.to_string());
-        text.push_str(&format!(
-            "{},{},{g},{},{a},{},{}\n",
-            r.sampler, r.steps, r.quality.n, r.quality.fd, r.seconds
-        ));
+        text.push_str(
+            &cells(r)
+                .iter()
+                .map(|c| c.replace(',', ";"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        text.push('\n');
     }
     diffuse::atomic_file::write_atomic(csv, text.as_bytes())
         .with_context(|| format!("cannot write {}", csv.display()))?;
-    let mut guidances: Vec<Option<f64>> = rows.iter().map(|r| r.guidance).collect();
-    guidances.dedup();
-    let curves: Vec<(String, Vec<(f64, f64)>)> = guidances
-        .iter()
-        .map(|g| {
-            let name = g.map_or("FD".to_string(), |g| format!("guidance {g}"));
-            (
-                name,
-                rows.iter()
-                    .filter(|r| r.guidance == *g)
-                    .map(|r| (r.steps as f64, r.quality.fd))
-                    .collect(),
-            )
-        })
-        .collect();
+    // One curve per sampler, guidance and interval: FD against network evaluations.
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows.iter().filter(|r| r.evaluations.is_some()) {
+        let mut name = r.name.clone();
+        if let Some(g) = r.guidance {
+            name.push_str(&format!(" g{g}"));
+        }
+        if let Some((lo, hi)) = r.interval {
+            name.push_str(&format!(" [{lo},{hi}]"));
+        }
+        let point = (r.evaluations.unwrap_or(0) as f64, r.summary.fd.0);
+        match curves.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push(point),
+            None => curves.push((name, vec![point])),
+        }
+    }
     let series: Vec<Series> = curves.iter().map(|(n, p)| Series::new(n, p)).collect();
     line_plot(
         plot,
-        &format!("{label}: sample quality vs sampler steps"),
-        "sampler steps",
+        &format!("{label}: sample quality vs network evaluations"),
+        "network evaluations per sample",
         "FD to MNIST test (lower is better)",
         &series,
         true,

@@ -3,33 +3,29 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 
-use super::runtime::RuntimeArgs;
+use super::runtime::{ModelArgs, RuntimeArgs};
 use tch::{Kind, Tensor};
 
 use diffuse::data::{sample_file_paths, write_idx};
 use diffuse::device;
 use diffuse::figures::gif::write_gif;
 use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
-use diffuse::generate::{generate, step_count, GenerateOptions, Request, SamplerKind};
+use diffuse::generate::{
+    generate, parse_guidance_interval, step_count, GenerateOptions, Request, SampleDefaults, SamplerKind,
+};
 use diffuse::pretrained;
 use diffuse::run_figures::diffusion::frames_to_grids;
 use diffuse::run_figures::to_pixels;
+use diffuse::sampler::levels::Spacing;
 
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
-    /// Run folder of a ddpm, cfg or flow training run (or a model folder).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "model")]
-    pub run: Option<PathBuf>,
-    /// A shipped model from models/ [default: cfg-d64 when no --run is given].
-    #[arg(long, value_name = "NAME")]
-    pub model: Option<String>,
-    /// Checkpoint epoch [default: the newest].
-    #[arg(long)]
-    pub epoch: Option<usize>,
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Digits to draw, comma-separated (class-conditioned models) [default: 0,1,...,9].
     #[arg(long, value_delimiter = ',')]
     pub digits: Option<Vec<u8>>,
@@ -39,15 +35,23 @@ pub struct SampleArgs {
     /// Number of samples for unconditional models [default: 40].
     #[arg(long)]
     pub n: Option<usize>,
-    /// Classifier-free guidance scale (class-conditioned models) [default: 5].
+    /// Classifier-free guidance scale (class-conditioned models) [default: the model's, README Sampling].
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// [default: ddpm for diffusion runs, euler for flow runs]
+    /// [default: dpmpp-2m-sde for diffusion models, heun for flow models; README Sampling]
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerKind>,
-    /// DDIM or Euler steps [default: 50].
+    /// Steps of every sampler but ddpm [default: the model's, README Sampling]. Heun makes 2 network evaluations per step but 1 on the last,
+    /// midpoint 2.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Where dpmpp-2m places its timesteps [default: trailing].
+    #[arg(long, value_enum)]
+    pub spacing: Option<Spacing>,
+    /// Guide only at normalized times LO..HI (0 = data, 1 = pure noise), e.g. 0.2,0.8; the conditional prediction
+    /// alone elsewhere [default: guide at every step].
+    #[arg(long, value_name = "LO,HI", value_parser = parse_guidance_interval)]
+    pub guidance_interval: Option<(f64, f64)>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG grid.
@@ -67,12 +71,7 @@ const MAX_SAMPLES: usize = 10_000;
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
-    let source = match (&args.run, &args.model) {
-        (Some(run), _) => run.clone(),
-        (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
-    };
-    let pretrained::Loaded { model, config, label } = pretrained::load(&source, args.epoch, device)
-        .with_context(|| format!("cannot load a model from {}", source.display()))?;
+    let pretrained::Loaded { model, config, label } = args.source.load(device)?;
     let class_cond = config.model.class_cond;
     let (request, rows, cols) = if class_cond {
         if args.n.is_some() {
@@ -104,23 +103,27 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
-    let sampler = args
-        .sampler
-        .unwrap_or_else(|| SamplerKind::default_for(&config.objective));
+    let defaults = SampleDefaults::for_objective(&config.objective);
+    let sampler = args.sampler.unwrap_or(defaults.sampler);
     if args.steps.is_some() && sampler == SamplerKind::Ddpm {
-        bail!("--steps applies to --sampler ddim (DDPM always takes every timestep)");
+        bail!("--steps applies to the other samplers (DDPM always takes every timestep)");
+    }
+    if args.spacing.is_some() && !matches!(sampler, SamplerKind::DpmPP2M | SamplerKind::DpmPP2MSde) {
+        bail!("--spacing applies to --sampler dpmpp-2m and dpmpp-2m-sde");
     }
     let mut options = GenerateOptions {
         sampler: Some(sampler),
         steps: args.steps,
-        guidance: args.guidance.unwrap_or(5.0),
+        spacing: args.spacing.unwrap_or_default(),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+        guidance_interval: args.guidance_interval,
         seed: args.seed,
         frame_every: None,
-        precision: args.runtime.precision,
+        precision: args.runtime.precision(device),
     };
-    let steps = step_count(&config, &options);
+    let evaluations = step_count(&config, &options);
     if args.gif.is_some() {
-        options.frame_every = Some((steps / 30).max(1));
+        options.frame_every = Some(SampleDefaults::frame_every(evaluations));
     }
     for path in [Some(&args.out), args.gif.as_ref(), args.idx.as_ref()]
         .into_iter()
@@ -150,7 +153,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         String::new()
     };
     let title = format!(
-        "{label}: {} {steps} steps{guidance}, seed {}",
+        "{label}: {} {evaluations} evaluations{guidance}, seed {}",
         sampler.label(),
         args.seed
     );
@@ -182,9 +185,10 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "{n} samples in {seconds:.2} s ({:.1} img/s) on {}",
+        "{n} samples in {seconds:.2} s ({:.1} img/s) on {}, {}",
         n as f64 / seconds,
-        device::describe(device)
+        device::describe(device),
+        options.precision.name()
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
-use diffuse::device::{self, DeviceChoice};
+use diffuse::device;
 use diffuse::model::Arch;
 use diffuse::precision::Precision;
 use diffuse::run_figures;
@@ -17,6 +17,7 @@ use diffuse::train::test_metrics;
 use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
 
 use super::progress::Bars;
+use super::runtime::{resolve_precision, DeviceArgs};
 
 /// The EMA decay of the improved recipe.
 const IMPROVED_EMA_DECAY: f64 = 0.999;
@@ -74,6 +75,8 @@ pub struct CommonArgs {
     /// Continue the run in RUN_DIR from its newest complete checkpoint (its config comes from the checkpoint).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Epochs to train. With --resume, the run's new length: more than it had extends a finished run, and the
+    /// learning rate keeps decaying at the rate it was planned with.
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -81,7 +84,7 @@ pub struct CommonArgs {
     /// Hidden width D of the UNet.
     #[arg(long)]
     pub hidden: Option<i64>,
-    /// Network: basic (SPEC.md's UNet, the handout's) or improved (residual GroupNorm blocks, sinusoidal time
+    /// Network: basic (the course assignment's UNet) or improved (residual GroupNorm blocks, sinusoidal time
     /// embedding, conditioning at every resolution; EMA 0.999 on by default) [default: basic].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
@@ -107,11 +110,8 @@ pub struct CommonArgs {
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// libtorch threads [default: one per core].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Skip drawing figures after epochs.
     #[arg(long)]
     pub no_figures: bool,
@@ -156,8 +156,7 @@ impl ScheduleArgs {
 impl CommonArgs {
     fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let flags: [(&'static str, bool); 11] = [
-            ("--epochs", self.epochs.is_some()),
+        let flags: [(&'static str, bool); 10] = [
             ("--arch", self.arch.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--hidden", self.hidden.is_some()),
@@ -177,7 +176,7 @@ impl CommonArgs {
         given
     }
 
-    /// SPEC.md's config for `kind`, with every flag given on the command line applied over it.
+    /// The assignment's config for `kind`, with every flag given on the command line applied over it.
     fn config(&self, kind: ModelKind) -> TrainConfig {
         let mut c = kind.spec_config();
         c.model.hidden = self.hidden.unwrap_or(c.model.hidden);
@@ -248,7 +247,6 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
 }
 
 fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>) -> anyhow::Result<()> {
-    device::set_threads(common.threads);
     let device = common.device.resolve()?;
     let kind = config.objective.name();
     let mut test_digits = None;
@@ -257,12 +255,20 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         given.extend(extra_given);
         if !given.is_empty() {
             bail!(
-                "--resume takes the run's configuration from its checkpoint; drop {} (only --threads, --device and --data-dir may change)",
+                "--resume takes the run's configuration from its checkpoint; drop {} (only --epochs, --threads, --device and --data-dir may change)",
                 given.join(", ")
             );
         }
-        let trainer =
+        let mut trainer =
             Trainer::resume(run_dir, kind, device).with_context(|| format!("cannot resume {}", run_dir.display()))?;
+        if let Some(epochs) = common.epochs {
+            trainer
+                .set_epochs(epochs)
+                .with_context(|| format!("cannot extend {}", run_dir.display()))?;
+        }
+        if let Some(warning) = trainer.config.precision.slow_here(device) {
+            eprintln!("{warning}");
+        }
         // A kill between a checkpoint's commit and the losses.csv that follows it leaves the csv one epoch behind;
         // the checkpoint holds the whole history, so rewrite it.
         trainer
@@ -276,13 +282,16 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
             );
             return Ok(());
         }
-        eprintln!("resuming {} after epoch {}", run_dir.display(), trainer.epoch);
+        eprintln!(
+            "resuming {} after epoch {} of {}",
+            run_dir.display(),
+            trainer.epoch,
+            trainer.config.epochs
+        );
         trainer
     } else {
         let mut config = config;
-        if common.precision.is_none() {
-            config.precision = Precision::preferred(device);
-        }
+        config.precision = resolve_precision(common.precision, device);
         config.validate().map_err(anyhow::Error::msg)?;
         // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
         let data_dir = config.dataset.resolve_dir(common.data_dir.as_deref());
@@ -301,11 +310,12 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
     };
     let data = TrainData::new(&train_digits, device);
     eprintln!(
-        "training {kind} ({} parameters) on {} images from {} on {}, run folder {}",
+        "training {kind} ({} parameters) on {} images from {} on {}, {}, run folder {}",
         trainer.model.parameter_count(),
         trainer.config.subset.map_or(data.len(), |s| s.min(data.len())),
         data_dir.display(),
         device::describe(device),
+        trainer.config.precision.name(),
         trainer.run_dir.display()
     );
     let figures =
@@ -322,7 +332,7 @@ fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>
         let averaged = trainer.sampling_model();
         let model = averaged.as_ref().unwrap_or(&trainer.model);
         if let Objective::Denoiser { sigma } = trainer.config.objective {
-            let test_images = diffuse::train::trainer::digits_to_tensor(&test_digits);
+            let test_images = data::digits_to_tensor(&test_digits);
             let (denoised, noisy) =
                 test_metrics::denoiser_test_mse(model, &test_images, sigma, trainer.config.precision);
             eprintln!(

@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn real_mnist_passes_check_dir() {
-        let Some(dir) = mnist_dir() else { return };
+        let dir = mnist_dir();
         let report = check_dir(&dir).expect("folder exists");
         assert!(report.is_mnist(), "{report}");
         assert!(report.to_string().contains("all 4 files are MNIST"));

@@ -110,11 +110,14 @@ impl Digits {
 /// The data folder: the `--data-dir` flag, else `$MNIST_DIR` (when set and non-empty), else
 /// `./data/mnist`.
 pub fn resolve_data_dir(flag: Option<&Path>) -> PathBuf {
-    if let Some(dir) = flag {
-        return dir.to_path_buf();
-    }
-    match std::env::var_os("MNIST_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+    pick_data_dir(flag, std::env::var_os("MNIST_DIR"))
+}
+
+/// [`resolve_data_dir`] with the value of `MNIST_DIR` given.
+fn pick_data_dir(flag: Option<&Path>, env: Option<std::ffi::OsString>) -> PathBuf {
+    match (flag, env) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(dir)) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(DEFAULT_DATA_DIR),
     }
 }
@@ -197,18 +200,31 @@ fn check_labels(path: &Path, labels: &[u8]) -> Result<(), DataError> {
     }
 }
 
+/// Digits as a [N, 1, H, W] float tensor in [0, 1] (CPU).
+pub fn digits_to_tensor(digits: &Digits) -> tch::Tensor {
+    tch::Tensor::from_slice(&digits.images)
+        .view([digits.n as i64, 1, digits.rows as i64, digits.cols as i64])
+        .to_kind(tch::Kind::Float)
+        / 255.0
+}
+
+/// Labels as a [N] int64 tensor (CPU).
+pub fn labels_to_tensor(digits: &Digits) -> tch::Tensor {
+    tch::Tensor::from_slice(&digits.labels).to_kind(tch::Kind::Int64)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::data::idx::write_idx;
 
-    /// The real data folder, or `None` (and a note) when `MNIST_DIR` is unset.
-    pub(crate) fn mnist_dir() -> Option<PathBuf> {
-        let dir = std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty());
-        if dir.is_none() {
-            eprintln!("MNIST_DIR not set: skipping test on real MNIST");
-        }
-        dir.map(PathBuf::from)
+    /// The real data folder. Tests on real MNIST fail without `MNIST_DIR` rather than pass unchecked (README's
+    /// test command sets it).
+    pub(crate) fn mnist_dir() -> PathBuf {
+        std::env::var_os("MNIST_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .expect("MNIST_DIR must point at the real MNIST files (README: export MNIST_DIR=../shared/data/mnist)")
     }
 
     /// A 3-example, 2x2 split written into `dir`.
@@ -290,15 +306,20 @@ pub(crate) mod tests {
         assert_eq!(find_file(dir.path(), TEST_LABELS), Some(gz));
     }
 
+    /// The order itself; tests/data_download.rs checks it end to end with the variable set for the binary.
     #[test]
-    fn flag_wins_over_env_and_default() {
+    fn flag_wins_over_env_and_env_over_default() {
         let flag = Path::new("/some/where");
-        assert_eq!(resolve_data_dir(Some(flag)), flag);
+        let env = || Some(std::ffi::OsString::from("/from/env"));
+        assert_eq!(pick_data_dir(Some(flag), env()), flag);
+        assert_eq!(pick_data_dir(None, env()), Path::new("/from/env"));
+        assert_eq!(pick_data_dir(None, Some("".into())), Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(pick_data_dir(None, None), Path::new(DEFAULT_DATA_DIR));
     }
 
     #[test]
     fn real_mnist_loads_with_official_shapes() {
-        let Some(dir) = mnist_dir() else { return };
+        let dir = mnist_dir();
         let train = load(&dir, Split::Train).expect("train split");
         assert_eq!((train.n, train.rows, train.cols), (60_000, 28, 28));
         assert_eq!(train.images.len(), 60_000 * 28 * 28);

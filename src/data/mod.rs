@@ -25,7 +25,7 @@ use thiserror::Error;
 pub use check::{check_dir, CheckReport, FileCheck, FileStatus};
 pub use download::{download, DownloadReport, MirrorAttempt, MirrorError, DEFAULT_MIRRORS};
 pub use idx::{parse_idx, read_idx, sample_file_paths, write_idx, IdxArray, IdxError};
-pub use mnist::{load, resolve_data_dir, Digits, Split};
+pub use mnist::{digits_to_tensor, labels_to_tensor, load, resolve_data_dir, Digits, Split};
 
 /// Everything that can go wrong between a data folder and a [`Digits`] in memory.
 #[derive(Debug, Error)]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use image::codecs::gif::{GifEncoder, Repeat};
-use image::{Delay, Frame, GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
+use image::{Delay, Frame, GrayImage, Rgba, RgbaImage};
 
 use super::{write_atomic, FigureError};
 
@@ -39,19 +39,6 @@ fn gif_bytes_labelled(
     });
     let sizes: Vec<_> = frames.iter().map(|f| f.dimensions()).collect();
     encode_frames(path, &sizes, rgba, delay_ms, hold_last_ms)
-}
-
-/// Like [`write_gif`] for colour frames, e.g. labelled grids from
-/// [`labelled_grid`](super::grid::labelled_grid).
-pub fn write_gif_rgb(path: &Path, frames: &[RgbImage], delay_ms: u32, hold_last_ms: u32) -> Result<(), FigureError> {
-    let rgba = frames.iter().map(|f| {
-        RgbaImage::from_fn(f.width(), f.height(), |x, y| {
-            let Rgb([r, g, b]) = *f.get_pixel(x, y);
-            Rgba([r, g, b, 255])
-        })
-    });
-    let sizes: Vec<_> = frames.iter().map(|f| f.dimensions()).collect();
-    write_atomic(path, &encode_frames(path, &sizes, rgba, delay_ms, hold_last_ms)?)
 }
 
 /// Checks sizes up front (so nothing is encoded for a bad batch), then encodes lazily
@@ -138,16 +125,6 @@ mod tests {
         let ms = |f: &Frame| f.delay().numer_denom_ms();
         assert_eq!(ms(&back[0]), (100, 1));
         assert_eq!(ms(&back[2]), (1500, 1));
-        Ok(())
-    }
-
-    #[test]
-    fn rgb_frames_round_trip() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let frames = vec![RgbImage::from_pixel(8, 8, Rgb([200, 30, 30])); 2];
-        let path = dir.path().join("rgb.gif");
-        write_gif_rgb(&path, &frames, 50, 0)?;
-        assert_eq!(decode(&path)?.len(), 2);
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! The building blocks of SPEC.md's UNet, each with the shapes it maps between.
+//! The building blocks of the course assignment's UNet, each with the shapes it maps between.
 //!
 //! Every convolution is followed by BatchNorm2d and GELU, except the UNet's last one. BatchNorm weights start at
 //! one (PyTorch's default; tch's own default is uniform in [0, 1]), so the network starts where PyTorch's does.

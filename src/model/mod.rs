@@ -22,7 +22,7 @@ use unet::BasicUNet;
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
-    /// SPEC.md's UNet (BatchNorm, GELU, an FCBlock per conditioning input).
+    /// the course assignment's UNet (BatchNorm, GELU, an FCBlock per conditioning input).
     Basic,
     /// Residual blocks with GroupNorm, a sinusoidal time embedding and conditioning at every resolution
     /// (see [`improved`]).
@@ -50,7 +50,7 @@ pub struct UNetConfig {
 }
 
 impl UNetConfig {
-    /// The basic (SPEC.md) architecture; see [`UNetConfig::with_arch`].
+    /// The basic (the assignment's) architecture; see [`UNetConfig::with_arch`].
     pub fn new(hidden: i64, time_cond: bool, class_cond: bool) -> Self {
         Self {
             arch: Arch::Basic,
@@ -158,7 +158,7 @@ impl Model {
 mod tests {
     use super::*;
 
-    /// Trainable parameters of the spec's UNet, from an independent PyTorch build (SPEC.md's table).
+    /// Trainable parameters of the spec's UNet, from an independent PyTorch build (the assignment's table).
     #[test]
     fn parameter_counts_match_the_independent_pytorch_count() {
         for (hidden, time, class, expected) in [

@@ -1,4 +1,4 @@
-//! SPEC.md's UNet, with optional time and class conditioning.
+//! The course assignment's UNet, with optional time and class conditioning.
 //!
 //! Shapes, with D the hidden width and x a batch of [N, 1, 28, 28] images:
 //! x0 [N, D, 28, 28] -> d1 [N, D, 14, 14] -> d2 [N, 2D, 7, 7] -> flat [N, 2D, 1, 1] -> u0 [N, 2D, 7, 7]

@@ -11,7 +11,7 @@ use crate::rng::RunRng;
 
 use super::{to_pixels, RunFigures, FIGURE_SEED};
 
-/// The noise levels of SPEC.md's noising and out-of-distribution figures.
+/// The noise levels of the assignment's noising and out-of-distribution figures.
 pub const SIGMAS: [f64; 7] = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0];
 const SCALE: u32 = 3;
 

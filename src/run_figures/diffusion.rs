@@ -8,18 +8,17 @@ use tch::Tensor;
 use crate::figures::gif::write_gif;
 use crate::figures::grid::{digit_grid, labelled_grid, save_png, GridSpec};
 use crate::figures::FigureError;
-use crate::generate::{generate, GenerateOptions, Request};
+use crate::generate::{generate, step_count, GenerateOptions, Request, SampleDefaults};
 use crate::model::Model;
 
 use super::{to_pixels, RunFigures, FIGURE_SEED};
 
-/// Samples per digit in class-conditioned grids (SPEC.md part 3: 4 of each digit).
+/// Samples per digit in class-conditioned grids (the assignment's part 3: 4 of each digit).
 pub const PER_DIGIT: usize = 4;
 /// Samples in unconditional grids, as 4 rows of 10.
 const UNCONDITIONAL: (usize, usize) = (4, 10);
 const SCALE: u32 = 3;
-/// Animation: one frame every this many steps, shown this long; the final grid is held.
-const GIF_EVERY: usize = 10;
+/// Animation frames are shown this long; the final grid is held.
 const GIF_DELAY_MS: u32 = 80;
 const GIF_HOLD_MS: u32 = 2000;
 
@@ -46,12 +45,14 @@ pub fn sample_figures(
 ) -> Result<Vec<PathBuf>, FigureError> {
     let config = &figures.config;
     let (request, rows, cols) = request_for(config.model.class_cond);
-    let options = GenerateOptions {
+    let defaults = SampleDefaults::for_objective(&config.objective);
+    let mut options = GenerateOptions {
         seed: config.seed ^ FIGURE_SEED,
-        frame_every: with_gif.then_some(GIF_EVERY),
         precision: config.precision,
-        ..Default::default()
+        ..defaults.options()
     };
+    let evaluations = step_count(config, &options);
+    options.frame_every = with_gif.then(|| SampleDefaults::frame_every(evaluations));
     let output = generate(model, config, &request, &options).map_err(|e| FigureError::BadInput(e.to_string()))?;
     let spec = GridSpec::mnist(rows, cols).with_scale(SCALE);
     let row_labels: Vec<String> = if config.model.class_cond {
@@ -64,11 +65,10 @@ pub fn sample_figures(
     } else {
         String::new()
     };
-    let steps = crate::generate::step_count(config, &options);
-    let sampler = crate::generate::SamplerKind::default_for(&config.objective).label();
     let title = format!(
-        "{} samples after epoch {epoch} ({sampler}, {steps} steps{guidance})",
-        config.objective.name()
+        "{} samples after epoch {epoch} ({}, {evaluations} evaluations{guidance})",
+        config.objective.name(),
+        defaults.sampler.label()
     );
     let img = labelled_grid(&to_pixels(&output.images), &spec, &row_labels, &[], Some(&title))?;
     let path = figures.dir.join(format!("samples-epoch-{epoch:03}.png"));

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use crate::data::Digits;
+use crate::data::{digits_to_tensor, labels_to_tensor};
 use crate::figures::plot::{line_plot, Series};
 use crate::figures::FigureError;
 use crate::model::Model;
 use crate::train::config::{Objective, TrainConfig};
-use crate::train::trainer::{digits_to_tensor, labels_to_tensor};
 
 /// Seed offset of the figure noise stream.
 const FIGURE_SEED: u64 = 0x05ee_df16;

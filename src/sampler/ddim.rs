@@ -2,11 +2,13 @@
 //!
 //! The visited timesteps are `steps` indices evenly spaced over 0..T-1 (rounded), visited noisiest first; the
 //! step from t to the next visited t' is x_{t'} = sqrt(alpha_bar[t']) x0_hat + sqrt(1 - alpha_bar[t']) eps, and the
-//! final step goes to alpha_bar = 1 (x = x0_hat). With steps = T it visits every timestep.
+//! final step goes to alpha_bar = 1 (x = x0_hat). With steps = T it visits every timestep. DDIM is the first-order
+//! solver of the probability-flow ODE (DPM-Solver-1), so its error halves when the steps double.
 
 use tch::Tensor;
 
-use super::{time_vector, Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
+use super::levels::Level;
+use super::{Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
 use crate::schedule::NoiseSchedule;
 
 /// The timesteps DDIM visits, noisiest first: round(i (T-1) / (steps-1)) for i = steps-1 .. 0, deduplicated.
@@ -22,6 +24,14 @@ pub fn timesteps(total: usize, steps: usize) -> Vec<usize> {
     ts.dedup();
     ts.reverse();
     ts
+}
+
+/// One DDIM step of x (at level `from`, with predicted noise `eps`) to level `to`.
+pub fn step(x: &Tensor, eps: &Tensor, from: Level, to: Level) -> Tensor {
+    // 1. x0_hat = (x - sigma eps) / alpha
+    let x0_hat = (x - eps * from.sigma) / from.alpha;
+    // 2. x' = alpha' x0_hat + sigma' eps
+    x0_hat * to.alpha + eps * to.sigma
 }
 
 /// Draws `n` samples in `steps` steps. Only x_T is random, so the result is a deterministic function of the seed.
@@ -40,13 +50,10 @@ pub fn sample(
     tch::no_grad(|| {
         let mut x = noise.images(n, device); // [n, 1, 28, 28]
         for (i, &t) in visit.iter().enumerate() {
-            let eps = denoiser.predict(&x, &time_vector(n, schedule.normalized_time(t), device), class);
-            let alpha_bar = schedule.alpha_bar[t];
-            let alpha_bar_next = visit.get(i + 1).map_or(1.0, |&next| schedule.alpha_bar[next]);
-            // 1. x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
-            let x0_hat = (&x - &eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt();
-            // 2. x_{t'} = sqrt(alpha_bar_t') x0_hat + sqrt(1 - alpha_bar_t') eps
-            x = x0_hat * alpha_bar_next.sqrt() + eps * (1.0 - alpha_bar_next).sqrt();
+            let eps = denoiser.predict(&x, schedule.normalized_time(t), class);
+            // The level after the last visited timestep is clean data (alpha_bar = 1).
+            let next = visit.get(i + 1).map_or(Level::DATA, |&next| Level::at(schedule, next));
+            x = step(&x, &eps, Level::at(schedule, t), next);
             recorder.offer(&x, i + 1);
         }
         recorder.finish(&x)
@@ -57,7 +64,8 @@ pub fn sample(
 mod tests {
     use super::*;
     use crate::rng::RunRng;
-    use crate::sampler::dummies::Zero;
+    use crate::sampler::dummies::{Oracle, Zero};
+    use crate::sampler::toy;
     use crate::schedule::ScheduleConfig;
     use tch::Kind;
 
@@ -90,5 +98,51 @@ mod tests {
                 assert!((*g as f64 - expected).abs() < 2e-3, "steps {steps}: {g} vs {expected}");
             }
         }
+    }
+
+    /// With a noise prediction that is exact for point-mass data at x0 (eps = (x - alpha x0) / sigma), x0_hat = x0 at
+    /// every step, so DDIM lands on x0 whatever the step count; a wrong coefficient on eps would miss it.
+    #[test]
+    fn oracle_noise_lands_on_x0() {
+        let schedule = NoiseSchedule::new(&ScheduleConfig::default());
+        let x0 = Tensor::rand([3, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let oracle = Oracle::noise(&x0, &schedule);
+        for steps in [1, 4, 50, 300] {
+            let out = sample(
+                &oracle,
+                &schedule,
+                steps,
+                3,
+                None,
+                &mut RunRng::new(4),
+                FrameEvery(None),
+            );
+            let err = f64::try_from((&out.images - &x0).abs().max()).expect("max");
+            assert!(err < 1e-4, "{steps} steps: {err}");
+        }
+    }
+
+    /// On the Gaussian toy (exact noise prediction, exact solution in closed form), between two finite noise levels:
+    /// DDIM is first order, so doubling the steps halves the error.
+    #[test]
+    fn first_order_on_the_gaussian_toy() {
+        let z = toy::z();
+        let (u_start, u_end) = (0.7, 0.1);
+        let counts = [10, 20, 40];
+        let errors: Vec<f64> = counts
+            .iter()
+            .map(|&steps| {
+                let levels: Vec<Level> = (0..=steps)
+                    .map(|i| toy::vp_level(u_start + (u_end - u_start) * i as f64 / steps as f64))
+                    .collect();
+                let mut x = toy::vp_state(&z, levels[0]);
+                for pair in levels.windows(2) {
+                    x = step(&x, &toy::vp_eps(&x, pair[0]), pair[0], pair[1]);
+                }
+                toy::max_error(&x, &toy::vp_state(&z, levels[steps]))
+            })
+            .collect();
+        toy::assert_ratios("DDIM", &counts, &errors, 1.6..=2.6);
+        assert!(errors[2] < 2e-2, "{errors:?}");
     }
 }

@@ -1,13 +1,17 @@
 //! Samplers: turning noise into digits with a trained denoiser.
 //!
 //! A sampler only knows the [`Denoiser`] interface, (x_t, t, class) -> prediction, never the UNet, so DDPM, DDIM,
-//! flow Euler and guidance are swappable and tested with dummy denoisers. Sampling runs in eval mode under no-grad;
-//! the loop stays on the device and only copies to the host to grab animation frames.
+//! DPM-Solver++, the flow ODE solvers and guidance are swappable and tested with dummy denoisers. Sampling runs in
+//! eval mode under no-grad; the loop stays on the device and only copies to the host to grab animation frames.
 
 pub mod ddim;
 pub mod ddpm;
-pub mod euler;
+pub mod dpmpp;
 pub mod guidance;
+pub mod levels;
+pub mod ode;
+#[cfg(test)]
+mod toy;
 
 use tch::{Device, Kind, Tensor};
 
@@ -16,8 +20,10 @@ use crate::rng::RunRng;
 
 /// What a sampler calls at every step.
 pub trait Denoiser {
-    /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, 10] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
-    fn predict(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Tensor;
+    /// x [N, 1, 28, 28] at normalized time t in [0, 1] (one time for the whole batch, known on the host, so a
+    /// wrapper can decide things per step without reading the device), class [N, 10] one-hot (zeros =
+    /// unconditional) -> [N, 1, 28, 28].
+    fn predict(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor;
 
     fn device(&self) -> Device {
         Device::Cpu
@@ -26,8 +32,9 @@ pub trait Denoiser {
 
 /// A trained model seen as a denoiser: eval mode (BatchNorm running statistics).
 impl Denoiser for Model {
-    fn predict(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Tensor {
-        self.forward_t(x, Some(t), class, false)
+    fn predict(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor {
+        let t = time_vector(x.size()[0], t, x.device()); // [N]
+        self.forward_t(x, Some(&t), class, false)
     }
 
     fn device(&self) -> Device {
@@ -51,6 +58,8 @@ pub struct SampleOutput {
 pub(crate) struct FrameRecorder {
     every: Option<usize>,
     frames: Vec<Tensor>,
+    /// The count of the previous offer (0 before the first).
+    last: usize,
 }
 
 impl FrameRecorder {
@@ -58,15 +67,18 @@ impl FrameRecorder {
         Self {
             every: every.0.map(|k| k.max(1)),
             frames: Vec::new(),
+            last: 0,
         }
     }
 
-    /// Offers the state after step `done` (1-based count of completed steps).
+    /// Offers the state after `done` network evaluations. Keeps the first state offered, then one each time the
+    /// count passes a multiple of k (a step of a two-stage solver makes two evaluations, so counts may skip).
     pub(crate) fn offer(&mut self, x: &Tensor, done: usize) {
         if let Some(k) = self.every {
-            if done.is_multiple_of(k) || done == 1 {
+            if self.last == 0 || done / k > self.last / k {
                 self.frames.push(to_display(x).to_device(Device::Cpu));
             }
+            self.last = done;
         }
     }
 
@@ -116,7 +128,7 @@ impl NoiseSource for PerRequestNoise {
 }
 
 /// A constant time vector [n] for the network.
-pub(crate) fn time_vector(n: i64, t: f64, device: Device) -> Tensor {
+fn time_vector(n: i64, t: f64, device: Device) -> Tensor {
     Tensor::full([n], t, (Kind::Float, device))
 }
 
@@ -128,8 +140,45 @@ pub(crate) mod dummies {
     /// Predicts zero noise everywhere.
     pub struct Zero;
     impl Denoiser for Zero {
-        fn predict(&self, x: &Tensor, _t: &Tensor, _class: Option<&Tensor>) -> Tensor {
+        fn predict(&self, x: &Tensor, _t: f64, _class: Option<&Tensor>) -> Tensor {
             x.zeros_like()
+        }
+    }
+
+    /// Knows the data: a point mass at `x0`, so its predictions are exact and every sampler must land on x0.
+    pub struct Oracle {
+        x0: Tensor,
+        /// alpha_bar of the schedule for a noise prediction; None for a flow velocity.
+        alpha_bar: Option<Vec<f64>>,
+    }
+
+    impl Oracle {
+        /// eps = (x - sqrt(alpha_bar[t]) x0) / sqrt(1 - alpha_bar[t]) at timestep t = round(normalized time * T).
+        pub fn noise(x0: &Tensor, schedule: &crate::schedule::NoiseSchedule) -> Self {
+            Self {
+                x0: x0.shallow_clone(),
+                alpha_bar: Some(schedule.alpha_bar.clone()),
+            }
+        }
+
+        /// v = (x - x0) / t on the straight path x_t = (1 - t) x0 + t eps.
+        pub fn velocity(x0: &Tensor) -> Self {
+            Self {
+                x0: x0.shallow_clone(),
+                alpha_bar: None,
+            }
+        }
+    }
+
+    impl Denoiser for Oracle {
+        fn predict(&self, x: &Tensor, t: f64, _class: Option<&Tensor>) -> Tensor {
+            match &self.alpha_bar {
+                Some(alpha_bar) => {
+                    let ab = alpha_bar[(t * alpha_bar.len() as f64).round() as usize];
+                    (x - &self.x0 * ab.sqrt()) / (1.0 - ab).sqrt()
+                }
+                None => (x - &self.x0) / t,
+            }
         }
     }
 }

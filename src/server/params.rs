@@ -1,17 +1,22 @@
 //! Query parameters of `GET /api/generate`: parsed once, validated and capped, or refused with a 400 that says why.
+//!
+//! [`GenerateQuery`] is the query as it arrives (every field a string, unknown and repeated names refused) and is
+//! also what the OpenAPI document lists, so the document and the parser cannot disagree; [`validate`] turns it into
+//! [`GenerateParams`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::generate::SamplerKind;
-use crate::train::{Objective, TrainConfig};
+use crate::generate::{parse_guidance_interval, SamplerKind};
+use crate::train::TrainConfig;
 
 /// Most digits one request may ask for.
 pub const MAX_N: usize = 64;
-/// Most sampler steps one request may ask for (DDIM / Euler).
+/// Most sampler steps one request may ask for (every sampler but DDPM).
 pub const MAX_STEPS: usize = 1000;
 pub const MAX_GUIDANCE: f64 = 20.0;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Png,
@@ -26,6 +31,8 @@ pub struct GenerateParams {
     pub digit: Option<u8>,
     pub n: usize,
     pub guidance: f64,
+    /// Guide only at normalized times in [lo, hi]; None = at every step.
+    pub guidance_interval: Option<(f64, f64)>,
     pub sampler: SamplerKind,
     /// DDIM / Euler steps; None for DDPM (every timestep).
     pub steps: Option<usize>,
@@ -35,28 +42,51 @@ pub struct GenerateParams {
     pub animate: bool,
 }
 
-const KNOWN: [&str; 8] = [
-    "digit", "n", "guidance", "sampler", "steps", "seed", "format", "animate",
-];
+/// The query string of `GET /api/generate`, before validation. An empty value means the default.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GenerateQuery {
+    /// A digit 0..9, or `any` (default): the unconditional input. Class-conditioned models only.
+    #[param(example = "7")]
+    pub digit: Option<String>,
+    /// How many digits, 1..64 [default: 8].
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 64)]
+    pub n: Option<String>,
+    /// Classifier-free guidance scale, 0..20 [default: 5].
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 20)]
+    pub guidance: Option<String>,
+    /// Guide only at normalized times LO..HI (`LO,HI`, 0 <= LO <= HI <= 1, 1 = pure noise); the conditional
+    /// prediction alone elsewhere [default: guide at every step].
+    #[param(example = "0.2,0.8")]
+    pub guidance_interval: Option<String>,
+    /// `ddpm`, `ddim`, `dpmpp-2m` or `dpmpp-2m-sde` for diffusion models, `euler`, `heun` or `midpoint` for flow models
+    /// [default: ddpm, or euler for flow].
+    #[param(example = "ddim")]
+    pub sampler: Option<String>,
+    /// Steps of every sampler but DDPM, 1..1000 [default: 50]; DDPM always takes every timestep.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub steps: Option<String>,
+    /// Noise seed: the same seed gives the same digits [default: 0].
+    #[param(value_type = Option<u64>)]
+    pub seed: Option<String>,
+    /// `png` (a grid, default), `gif` (the reverse process) or `json` (base64 PNGs and timings).
+    #[param(value_type = Option<Format>)]
+    pub format: Option<String>,
+    /// With format=json, `1` or `true` adds the reverse-process GIF.
+    #[param(value_type = Option<bool>)]
+    pub animate: Option<String>,
+}
 
-/// Parses `pairs` (decoded query pairs) for a model trained with `config`.
-pub fn parse(pairs: &[(String, String)], config: &TrainConfig) -> Result<GenerateParams, String> {
-    if let Some((key, _)) = pairs.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown parameter `{}` (known: {})",
-            truncate(key),
-            KNOWN.join(", ")
-        ));
-    }
-    let get = |key: &str| -> Result<Option<&str>, String> {
-        let mut values = pairs.iter().filter(|(k, _)| k == key);
-        let first = values.next().map(|(_, v)| v.as_str());
-        if values.next().is_some() {
-            return Err(format!("parameter `{key}` given more than once"));
-        }
-        Ok(first)
-    };
-    let digit = match get("digit")? {
+/// Parses and validates a raw query string for a model trained with `config`.
+pub fn parse(query: &str, config: &TrainConfig) -> Result<GenerateParams, String> {
+    let raw: GenerateQuery = serde_urlencoded::from_str(query).map_err(|e| truncate_message(&e.to_string()))?;
+    validate(&raw, config)
+}
+
+/// Checks each value of `raw` against its range and the model.
+pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GenerateParams, String> {
+    let digit = match raw.digit.as_deref() {
         None | Some("any") | Some("") => None,
         Some(d) => match d.parse::<u8>() {
             Ok(d) if d <= 9 => Some(d),
@@ -66,29 +96,36 @@ pub fn parse(pairs: &[(String, String)], config: &TrainConfig) -> Result<Generat
     if digit.is_some() && !config.model.class_cond {
         return Err("this model is not class-conditioned: use digit=any".into());
     }
-    let n = number(get("n")?, "n", 8usize)?;
+    let n = number(raw.n.as_deref(), "n", 8usize)?;
     if n == 0 || n > MAX_N {
         return Err(format!("n must be between 1 and {MAX_N}, got {n}"));
     }
-    let guidance = number(get("guidance")?, "guidance", 5.0f64)?;
+    let guidance = number(raw.guidance.as_deref(), "guidance", 5.0f64)?;
     if !(0.0..=MAX_GUIDANCE).contains(&guidance) {
         return Err(format!("guidance must be between 0 and {MAX_GUIDANCE}, got {guidance}"));
     }
-    let is_flow = matches!(config.objective, Objective::Flow { .. });
-    let sampler = match get("sampler")? {
-        None | Some("") => SamplerKind::default_for(&config.objective),
-        Some("ddpm") if !is_flow => SamplerKind::Ddpm,
-        Some("ddim") if !is_flow => SamplerKind::Ddim,
-        Some("euler") if is_flow => SamplerKind::Euler,
-        Some(other) => {
-            let allowed = if is_flow { "euler" } else { "ddpm, ddim" };
-            return Err(format!(
-                "sampler `{}` is not available for this model (use {allowed})",
-                truncate(other)
-            ));
-        }
+    let guidance_interval = match raw.guidance_interval.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(parse_guidance_interval(v).map_err(|e| e.to_string())?),
     };
-    let steps = match get("steps")? {
+    let sampler = match raw.sampler.as_deref() {
+        None | Some("") => SamplerKind::default_for(&config.objective),
+        Some(name) => match SamplerKind::from_name(name) {
+            Some(sampler) if sampler.fits(&config.objective) => sampler,
+            _ => {
+                let allowed: Vec<&str> = SamplerKind::fitting(&config.objective)
+                    .iter()
+                    .map(|k| k.name())
+                    .collect();
+                return Err(format!(
+                    "sampler `{}` is not available for this model (use {})",
+                    truncate(name),
+                    allowed.join(", ")
+                ));
+            }
+        },
+    };
+    let steps = match raw.steps.as_deref() {
         None | Some("") => None,
         Some(v) => {
             let steps: usize = number(Some(v), "steps", 0)?;
@@ -99,18 +136,19 @@ pub fn parse(pairs: &[(String, String)], config: &TrainConfig) -> Result<Generat
         }
     };
     let steps = if sampler == SamplerKind::Ddpm { None } else { steps };
-    let seed = number(get("seed")?, "seed", 0u64)?;
-    let format = match get("format")? {
+    let seed = number(raw.seed.as_deref(), "seed", 0u64)?;
+    let format = match raw.format.as_deref() {
         None | Some("") | Some("png") => Format::Png,
         Some("gif") => Format::Gif,
         Some("json") => Format::Json,
         Some(other) => return Err(format!("format must be png, gif or json, got `{}`", truncate(other))),
     };
-    let animate = matches!(get("animate")?, Some("1") | Some("true"));
+    let animate = matches!(raw.animate.as_deref(), Some("1") | Some("true"));
     Ok(GenerateParams {
         digit,
         n,
         guidance,
+        guidance_interval,
         sampler,
         steps,
         seed,
@@ -134,13 +172,18 @@ fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
+/// The query parser's own message (unknown or repeated names) echoes the name: capped too.
+fn truncate_message(s: &str) -> String {
+    s.chars().take(400).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::train::config::ModelKind;
 
-    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
-        q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn pairs(q: &[(&str, &str)]) -> String {
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish()
     }
 
     #[test]
@@ -175,5 +218,56 @@ mod tests {
         let flow = ModelKind::Flow.spec_config();
         assert_eq!(parse(&pairs(&[]), &flow).expect("flow").sampler, SamplerKind::Euler);
         assert!(parse(&pairs(&[("digit", "3")]), &ModelKind::Ddpm.spec_config()).is_err());
+    }
+
+    #[test]
+    fn unknown_and_repeated_names_are_refused_by_name() {
+        let cfg = ModelKind::Cfg.spec_config();
+        let err = parse("bogus=1", &cfg).expect_err("unknown");
+        assert!(err.contains("bogus") && err.contains("`digit`"), "{err}");
+        let err = parse("n=2&n=3", &cfg).expect_err("repeated");
+        assert!(err.contains("duplicate") && err.contains("`n`"), "{err}");
+        let long = format!("{}=1", "k".repeat(5000));
+        assert!(parse(&long, &cfg).expect_err("long").len() <= 400);
+    }
+
+    /// The document states the same ranges the validator enforces.
+    #[test]
+    fn documented_ranges_match_the_caps() {
+        let params = GenerateQuery::into_params(|| None);
+        let maximum = |name: &str| {
+            let p = params.iter().find(|p| p.name == name).expect("documented");
+            serde_json::to_value(p).expect("json")["schema"]["maximum"].as_f64()
+        };
+        assert_eq!(maximum("n"), Some(MAX_N as f64));
+        assert_eq!(maximum("steps"), Some(MAX_STEPS as f64));
+        assert_eq!(maximum("guidance"), Some(MAX_GUIDANCE));
+    }
+
+    #[test]
+    fn every_sampler_by_name_and_guidance_interval() {
+        let cfg = ModelKind::Cfg.spec_config();
+        let flow = ModelKind::Flow.spec_config();
+        for name in ["ddpm", "ddim", "dpmpp-2m"] {
+            let p = parse(&pairs(&[("sampler", name)]), &cfg).expect(name);
+            assert_eq!(p.sampler.name(), name);
+            let err = parse(&pairs(&[("sampler", name)]), &flow).expect_err(name);
+            assert!(err.contains("euler, heun, midpoint"), "{err}");
+        }
+        for name in ["euler", "heun", "midpoint"] {
+            assert_eq!(
+                parse(&pairs(&[("sampler", name)]), &flow).expect(name).sampler.name(),
+                name
+            );
+            let err = parse(&pairs(&[("sampler", name)]), &cfg).expect_err(name);
+            assert!(err.contains("ddpm, ddim, dpmpp-2m"), "{err}");
+        }
+        let p = parse(&pairs(&[("guidance_interval", "0.2,0.8")]), &cfg).expect("interval");
+        assert_eq!(p.guidance_interval, Some((0.2, 0.8)));
+        assert_eq!(parse(&pairs(&[]), &cfg).expect("default").guidance_interval, None);
+        for bad in ["0.8,0.2", "0.5", "-1,0.5", "0,2"] {
+            let err = parse(&pairs(&[("guidance_interval", bad)]), &cfg).expect_err(bad);
+            assert!(err.contains("0 <= LO <= HI <= 1"), "{err}");
+        }
     }
 }

@@ -54,7 +54,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    /// SPEC.md's configuration for this kind: part 1 D=128, batch 256, 5 epochs, Adam 1e-4, sigma 0.5; parts 2
+    /// The assignment's configuration for this kind: part 1 D=128, batch 256, 5 epochs, Adam 1e-4, sigma 0.5; parts 2
     /// and 3 D=64, batch 128, 20 epochs, Adam 1e-3 decaying to a tenth, T=300, p_uncond 0.1.
     pub fn spec_config(self) -> TrainConfig {
         let schedule = ScheduleConfig::default();
@@ -85,6 +85,7 @@ impl ModelKind {
             batch_size,
             lr,
             lr_final_ratio,
+            lr_decay_epochs: None,
             adam: AdamConfig::default(),
             subset: None,
             seed: 0,
@@ -115,6 +116,10 @@ pub struct TrainConfig {
     /// The learning rate decays exponentially, once per epoch, to `lr * lr_final_ratio` in the last epoch's
     /// successor: gamma = lr_final_ratio^(1/epochs). 1 means constant.
     pub lr_final_ratio: f64,
+    /// The epoch count the decay was planned over, when a finished run was extended past it (`--resume RUN
+    /// --epochs N`): gamma stays lr_final_ratio^(1/planned), so the rate keeps falling by the same factor per epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay_epochs: Option<usize>,
     pub adam: AdamConfig,
     /// Train on the first N training images only.
     pub subset: Option<usize>,
@@ -128,7 +133,8 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The per-epoch decay factor gamma.
     pub fn lr_gamma(&self) -> f64 {
-        self.lr_final_ratio.powf(1.0 / self.epochs as f64)
+        self.lr_final_ratio
+            .powf(1.0 / self.lr_decay_epochs.unwrap_or(self.epochs) as f64)
     }
 
     /// Learning rate used during epoch `epoch` (0-based): lr * gamma^epoch.
@@ -196,5 +202,26 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cfg recipe: 1e-3 decaying to 1e-4 over 20 epochs, gamma = 0.1^(1/20). Extended to 30 epochs, the rate keeps
+    /// falling by the same gamma: 1e-3 * 0.1^(29/20) in the last epoch, 1e-4 still at epoch index 20.
+    #[test]
+    fn an_extended_run_keeps_its_learning_rate_decay() {
+        let mut config = ModelKind::Cfg.spec_config();
+        let planned: Vec<f64> = (0..20).map(|e| config.lr_at_epoch(e)).collect();
+        assert!((config.lr_at_epoch(20) - 1e-4).abs() < 1e-15);
+        config.lr_decay_epochs = Some(config.epochs);
+        config.epochs = 30;
+        for (e, lr) in planned.iter().enumerate() {
+            assert_eq!(config.lr_at_epoch(e), *lr);
+        }
+        assert!((config.lr_at_epoch(20) - 1e-4).abs() < 1e-15);
+        assert!((config.lr_at_epoch(29) - 1e-3 * 0.1f64.powf(29.0 / 20.0)).abs() < 1e-15);
     }
 }

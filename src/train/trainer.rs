@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::atomic_file::write_atomic;
 use crate::checkpoint::{self, CheckpointError, WriteError, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
-use crate::data::Digits;
+use crate::data::{digits_to_tensor, labels_to_tensor, Digits};
 use crate::ema::{Ema, EMA_FILE};
 use crate::model::Model;
 use crate::optim::Adam;
@@ -35,6 +35,8 @@ const CUDA_LOSS_READ_EVERY: usize = 32;
 pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("cannot read the losses back from the device: {0}")]
+    ReadBack(#[from] tch::TchError),
     #[error(transparent)]
     Tensors(#[from] TensorFileError),
     #[error("cannot write {path}: {source}")]
@@ -82,29 +84,12 @@ impl TrainData {
     }
 }
 
-/// Digits as a [N, 1, H, W] float tensor in [0, 1] (CPU).
-pub fn digits_to_tensor(digits: &Digits) -> Tensor {
-    Tensor::from_slice(&digits.images)
-        .view([digits.n as i64, 1, digits.rows as i64, digits.cols as i64])
-        .to_kind(Kind::Float)
-        / 255.0
-}
-
-/// Labels as a [N] int64 tensor (CPU).
-pub fn labels_to_tensor(digits: &Digits) -> Tensor {
-    Tensor::from_slice(&digits.labels).to_kind(Kind::Int64)
-}
-
 /// What the loop reports as it goes (the binary draws progress bars from it).
 pub trait Progress {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
     fn step(&mut self, _loss: f32, _images: usize) {}
     fn epoch_end(&mut self, _epoch: usize, _mean_loss: f64, _images_per_sec: f64) {}
 }
-
-/// A [`Progress`] that reports nothing.
-pub struct Silent;
-impl Progress for Silent {}
 
 /// Everything besides tensors that a checkpoint restores (`state.json`).
 #[derive(Serialize, Deserialize)]
@@ -224,6 +209,24 @@ impl Trainer {
         self.ema.as_ref().map(|ema| ema.to_model(&self.model))
     }
 
+    /// Sets the run's length to `epochs` (`--resume RUN --epochs N`), extending a finished run. The learning-rate
+    /// decay keeps the rate it was planned with (see [`TrainConfig::lr_decay_epochs`]), so the epochs already
+    /// trained are unchanged and the new ones continue the same exponential decay. Rewrites config.json.
+    pub fn set_epochs(&mut self, epochs: usize) -> Result<(), TrainError> {
+        if epochs < self.epoch.max(1) {
+            return Err(TrainError::Config(format!(
+                "--epochs {epochs}: the run has already trained {} epochs; give at least that many",
+                self.epoch
+            )));
+        }
+        if epochs == self.config.epochs {
+            return Ok(());
+        }
+        self.config.lr_decay_epochs.get_or_insert(self.config.epochs);
+        self.config.epochs = epochs;
+        write_json(&self.run_dir.join(CONFIG_FILE), &self.config)
+    }
+
     pub fn is_finished(&self) -> bool {
         self.epoch >= self.config.epochs
     }
@@ -296,7 +299,7 @@ impl Trainer {
         progress: &mut dyn Progress,
     ) -> Result<(), TrainError> {
         let losses: Vec<Tensor> = pending.iter().map(|(l, _)| l.shallow_clone()).collect();
-        let values: Vec<f32> = Vec::try_from(Tensor::stack(&losses, 0).to_device(Device::Cpu)).unwrap_or_default();
+        let values: Vec<f32> = Vec::try_from(Tensor::stack(&losses, 0).to_device(Device::Cpu))?;
         let first_step = done + 1 - pending.len();
         for (i, ((_, images), mut value)) in pending.drain(..).zip(values).enumerate() {
             let global_step = self.losses.len() as i64 + 1;

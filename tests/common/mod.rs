@@ -14,9 +14,13 @@ pub fn mnist_dir() -> PathBuf {
     dir
 }
 
+/// The `diffuse` binary on the CPU: the byte-exact and memory checks hold for the CPU, so no test picks a GPU
+/// because the machine has one (tests/gpu.rs is the GPU test).
 pub fn diffuse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuse"));
-    cmd.env("MNIST_DIR", mnist_dir()).env_remove("RUST_LOG");
+    cmd.env("MNIST_DIR", mnist_dir())
+        .env("DIFFUSE_DEVICE", "cpu")
+        .env_remove("RUST_LOG");
     cmd
 }
 
@@ -83,6 +87,42 @@ pub fn spawn_quiet(args: &[String]) -> std::process::Child {
         .expect("spawn diffuse")
 }
 
+/// Starts `diffuse args...` in the background; its stderr lines (the plain progress lines, since stderr is not a
+/// terminal) arrive on the returned channel, read by a thread so the child never blocks on a full pipe.
+pub fn spawn_with_lines(args: &[String]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = diffuse()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn diffuse");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (up to `limit`) for a line that contains `text`; false when the child's stderr closed first.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, text: &str, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 pub fn run_owned(args: &[String]) -> Output {
     diffuse().args(args).output().expect("spawn diffuse")
 }
@@ -95,10 +135,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. the worker's test-only hooks).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = diffuse()
             .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

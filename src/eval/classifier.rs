@@ -1,4 +1,5 @@
-//! The MNIST classifier the tool trains for itself and evaluates samples with (`diffuse train classifier`).
+//! The MNIST classifier the tool evaluates samples with: the network and its files (training is in
+//! [`super::train_classifier`]).
 //!
 //! A small CNN: conv 3x3 (1 -> 32), ReLU, max-pool, conv 3x3 (32 -> 64), ReLU, max-pool, linear 3136 -> 128, ReLU
 //! (the 128 "penultimate" features used for the Frechet distance), linear 128 -> 10. Inception features are the
@@ -11,15 +12,12 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::atomic_file::write_atomic;
-use crate::optim::{Adam, AdamConfig};
-use crate::rng::RunRng;
 use crate::tensor_io::{self, TensorFileError};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const INFO_FILE: &str = "classifier.json";
 /// Width of the penultimate features.
 pub const FEATURES: i64 = 128;
-const BATCH: usize = 128;
 
 /// What `classifier.json` records beside the weights.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,70 +90,32 @@ impl Classifier {
     }
 
     /// (features [N, 128] as f64 on CPU, predicted digit [N]) in batches, under no-grad.
-    pub fn features_and_predictions(&self, images: &Tensor) -> (Tensor, Vec<i64>) {
+    pub fn features_and_predictions(&self, images: &Tensor) -> Result<(Tensor, Vec<i64>), tch::TchError> {
         let n = images.size()[0];
         let mut features = Vec::new();
         let mut predictions = Vec::new();
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<(), tch::TchError> {
             let mut start = 0;
             while start < n {
                 let len = 1000.min(n - start);
                 let f = self.features(&images.narrow(0, start, len));
                 let p = self.fc2.forward(&f).argmax(1, false).to_device(Device::Cpu);
-                predictions.extend(Vec::<i64>::try_from(p).unwrap_or_default());
+                predictions.extend(Vec::<i64>::try_from(p)?);
                 features.push(f.to_device(Device::Cpu).to_kind(Kind::Double));
                 start += len;
             }
-        });
-        (Tensor::cat(&features, 0), predictions)
+            Ok(())
+        })?;
+        Ok((Tensor::cat(&features, 0), predictions))
     }
 
     /// Fraction of `images` classified as `labels`.
-    pub fn accuracy(&self, images: &Tensor, labels: &[u8]) -> f64 {
-        agreement(&self.features_and_predictions(images).1, labels)
+    pub fn accuracy(&self, images: &Tensor, labels: &[u8]) -> Result<f64, tch::TchError> {
+        Ok(agreement(&self.features_and_predictions(images)?.1, labels))
     }
 
-    /// Trains with Adam (batch 128, lr 1e-3 decaying exponentially per epoch to 1e-4) for `epochs` on images
-    /// [N, 1, 28, 28] / labels [N] (on the device), reporting each epoch's mean loss through `on_epoch`.
-    pub fn train(
-        &mut self,
-        images: &Tensor,
-        labels: &Tensor,
-        epochs: usize,
-        seed: u64,
-        mut on_epoch: impl FnMut(usize, f64),
-    ) {
-        let params: Vec<(String, Tensor)> = self.named_variables().into_iter().collect();
-        let mut adam = Adam::new(params, AdamConfig::default());
-        let mut rng = RunRng::new(seed);
-        let n = images.size()[0] as usize;
-        for epoch in 1..=epochs {
-            let lr = 1e-3 * 0.1f64.powf((epoch - 1) as f64 / epochs.max(2).saturating_sub(1) as f64);
-            let mut total = 0.0;
-            let mut batches = 0;
-            for chunk in rng.permutation(n).chunks(BATCH) {
-                let index = Tensor::from_slice(chunk).to_device(self.device());
-                // Augmentation: the whole batch shifted by up to 2 pixels each way (pad, then crop).
-                let shift = rng.integers(2, 5);
-                let x = images
-                    .index_select(0, &index)
-                    .constant_pad_nd([2, 2, 2, 2])
-                    .narrow(2, shift[0], 28)
-                    .narrow(3, shift[1], 28);
-                let loss = self
-                    .logits(&x)
-                    .cross_entropy_for_logits(&labels.index_select(0, &index));
-                adam.zero_grad();
-                loss.backward();
-                adam.step(lr);
-                total += loss.double_value(&[]);
-                batches += 1;
-            }
-            on_epoch(epoch, total / batches.max(1) as f64);
-        }
-    }
-
-    fn named_variables(&self) -> std::collections::BTreeMap<String, Tensor> {
+    /// The weights by name (training and persistence).
+    pub(crate) fn named_variables(&self) -> std::collections::BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
     }
 

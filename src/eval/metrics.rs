@@ -1,4 +1,4 @@
-//! Sample quality, measured by the tool itself with its own MNIST classifier ([`crate::classifier`]):
+//! Sample quality, measured by the tool itself with its own MNIST classifier ([`super::classifier`]):
 //!
 //! - **accuracy**: how often the classifier sees the digit that was asked for (class-conditioned samples);
 //! - **FD** ("FID for MNIST"): the Frechet distance between Gaussians fitted to the classifier's penultimate
@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::classifier::{agreement, Classifier};
+use super::classifier::{agreement, Classifier};
 
 /// Mean [D] and covariance [D, D] (unbiased) of features [N, D], in f64.
 pub fn moments(features: &Tensor) -> (Tensor, Tensor) {
@@ -56,14 +56,19 @@ pub struct Quality {
 }
 
 /// Scores images [N, 1, 28, 28] in [0, 1] (with the digits they were asked to be, if any).
-pub fn score(classifier: &Classifier, images: &Tensor, labels: Option<&[u8]>, reference: &(Tensor, Tensor)) -> Quality {
-    let (features, predictions) = classifier.features_and_predictions(images);
+pub fn score(
+    classifier: &Classifier,
+    images: &Tensor,
+    labels: Option<&[u8]>,
+    reference: &(Tensor, Tensor),
+) -> Result<Quality, tch::TchError> {
+    let (features, predictions) = classifier.features_and_predictions(images)?;
     let accuracy = labels.map(|labels| agreement(&predictions, labels));
-    Quality {
+    Ok(Quality {
         n: predictions.len(),
         accuracy,
         fd: frechet_distance(&moments(&features), reference),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -83,6 +88,28 @@ mod tests {
         let other = (mean.shallow_clone(), Tensor::from_slice(&[1.0f64, 1.0, 1.0]).diag(0));
         // (2-1)^2 + (3-1)^2 + (1-1)^2 = 5
         assert!((frechet_distance(&a, &other) - 5.0).abs() < 1e-9);
+    }
+
+    /// Full covariances, where the matrix square root couples the dimensions (the diagonal case above cannot tell
+    /// sqrt(A B) from sqrt(A) sqrt(B)). SciPy 1.17 (what the reference FID code calls):
+    /// `m1, m2 = np.array([1., 2, 3]), np.array([.5, -1, 2])`
+    /// `A = np.array([[4., 1, .5], [1, 3, .2], [.5, .2, 2]]); B = np.array([[2., -.3, .1], [-.3, 1.5, .4], [.1, .4, 1]])`
+    /// `((m1 - m2)**2).sum() + np.trace(A) + np.trace(B) - 2 * np.trace(scipy.linalg.sqrtm(A @ B)).real`
+    /// = 11.35988350964362
+    #[test]
+    fn frechet_distance_matches_scipy_for_full_covariances() {
+        let a = (
+            Tensor::from_slice(&[1.0f64, 2.0, 3.0]),
+            Tensor::from_slice(&[4.0f64, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0]).view([3, 3]),
+        );
+        let b = (
+            Tensor::from_slice(&[0.5f64, -1.0, 2.0]),
+            Tensor::from_slice(&[2.0f64, -0.3, 0.1, -0.3, 1.5, 0.4, 0.1, 0.4, 1.0]).view([3, 3]),
+        );
+        let fd = frechet_distance(&a, &b);
+        assert!((fd - 11.35988350964362).abs() < 1e-9, "{fd}");
+        // The distance is symmetric.
+        assert!((frechet_distance(&b, &a) - fd).abs() < 1e-9);
     }
 
     #[test]
