@@ -22,4 +22,4 @@ command -v prometheus >/dev/null || missing needs_prometheus_ "no prometheus (ap
 command -v patchelf >/dev/null || missing needs_patchelf_ "no patchelf, which builds the release bundle (apt-get install patchelf)"
 { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; } || missing needs_cuda_ "no NVIDIA GPU"
 
-exec cargo test --release "$@" -- --include-ignored "${skip[@]}"
+exec cargo test --release --no-fail-fast "$@" -- --include-ignored "${skip[@]}"

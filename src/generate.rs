@@ -128,7 +128,7 @@ impl SampleDefaults {
     /// For noise-prediction models (ddpm, cfg).
     pub const DIFFUSION: Self = Self {
         sampler: SamplerKind::DpmPP2MSde,
-        steps: 20,
+        steps: 10,
         guidance: 2.0,
     };
     /// For rectified-flow models.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
@@ -31,7 +31,7 @@ pub enum TrainCommand {
         #[command(flatten)]
         common: CommonArgs,
         /// Noise level of the training inputs [default: 0.5].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         sigma: Option<f64>,
     },
     /// Part 2: time-conditioned DDPM (T=300). Defaults: D=64, batch 128, 20 epochs, Adam 1e-3 decaying to a tenth.
@@ -50,7 +50,7 @@ pub enum TrainCommand {
         #[command(flatten)]
         schedule: ScheduleArgs,
         /// Probability of training a sample without its class [default: 0.1].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         p_uncond: Option<f64>,
     },
     /// The MNIST classifier that `diffuse eval` scores samples with (small CNN, 6 epochs).
@@ -62,7 +62,7 @@ pub enum TrainCommand {
         #[command(flatten)]
         common: CommonArgs,
         /// Probability of training a sample without its class [default: 0.1].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         p_uncond: Option<f64>,
     },
 }
@@ -72,40 +72,41 @@ pub struct CommonArgs {
     /// Run folder to create (checkpoints, losses.csv, config.json, figures/) [default: runs/<kind>].
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its newest complete checkpoint (its config comes from the checkpoint).
+    /// Continue the run in RUN_DIR from its newest complete checkpoint. Its configuration comes from the checkpoint,
+    /// so the recipe flags conflict with it; only --epochs, --threads, --device and --data-dir may change.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
     /// Epochs to train. With --resume, the run's new length: more than it had extends a finished run, and the
     /// learning rate keeps decaying at the rate it was planned with.
     #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub batch_size: Option<usize>,
     /// Hidden width D of the UNet.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub hidden: Option<i64>,
     /// Network: basic (the course assignment's UNet) or improved (residual GroupNorm blocks, sinusoidal time
     /// embedding, conditioning at every resolution; EMA 0.999 on by default) [default: basic].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     pub arch: Option<Arch>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub lr: Option<f64>,
     /// Final learning rate as a fraction of --lr (exponential decay stepped per epoch; 1 = constant).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub lr_final_ratio: Option<f64>,
     /// Train on the first N training images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
     pub subset: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub seed: Option<u64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     pub dataset: Option<Dataset>,
     /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     pub precision: Option<Precision>,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and sample from it; 0 turns
     /// it off [default: 0.999 with --arch improved, else off].
-    #[arg(long, value_name = "DECAY")]
+    #[arg(long, value_name = "DECAY", conflicts_with = "resume")]
     pub ema: Option<f64>,
     /// Data folder [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
@@ -126,11 +127,11 @@ pub struct CommonArgs {
 #[derive(Args, Debug)]
 pub struct ScheduleArgs {
     /// Diffusion steps T [default: 300].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub timesteps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub beta_start: Option<f64>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub beta_end: Option<f64>,
 }
 
@@ -143,39 +144,9 @@ impl ScheduleArgs {
             beta_end: self.beta_end.unwrap_or(d.beta_end),
         }
     }
-
-    fn given(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        self.timesteps.is_some().then(|| given.push("--timesteps"));
-        self.beta_start.is_some().then(|| given.push("--beta-start"));
-        self.beta_end.is_some().then(|| given.push("--beta-end"));
-        given
-    }
 }
 
 impl CommonArgs {
-    fn given(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        let flags: [(&'static str, bool); 10] = [
-            ("--arch", self.arch.is_some()),
-            ("--batch-size", self.batch_size.is_some()),
-            ("--hidden", self.hidden.is_some()),
-            ("--lr", self.lr.is_some()),
-            ("--lr-final-ratio", self.lr_final_ratio.is_some()),
-            ("--subset", self.subset.is_some()),
-            ("--seed", self.seed.is_some()),
-            ("--dataset", self.dataset.is_some()),
-            ("--precision", self.precision.is_some()),
-            ("--ema", self.ema.is_some()),
-        ];
-        for (flag, set) in flags {
-            if set {
-                given.push(flag);
-            }
-        }
-        given
-    }
-
     /// The assignment's config for `kind`, with every flag given on the command line applied over it.
     fn config(&self, kind: ModelKind) -> TrainConfig {
         let mut c = kind.spec_config();
@@ -201,22 +172,21 @@ impl CommonArgs {
 }
 
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
-    let (common, config, extra_given) = match cmd {
+    let (common, config) = match cmd {
         TrainCommand::Classifier(args) => return super::eval::train_classifier(args),
         TrainCommand::Denoiser { common, sigma } => {
             let mut config = common.config(ModelKind::Denoiser);
             if let Some(sigma) = sigma {
                 config.objective = Objective::Denoiser { sigma };
             }
-            let given = if sigma.is_some() { vec!["--sigma"] } else { vec![] };
-            (common, config, given)
+            (common, config)
         }
         TrainCommand::Ddpm { common, schedule } => {
             let mut config = common.config(ModelKind::Ddpm);
             config.objective = Objective::Ddpm {
                 schedule: schedule.config(),
             };
-            (common, config, schedule.given())
+            (common, config)
         }
         TrainCommand::Cfg {
             common,
@@ -228,37 +198,24 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 schedule: schedule.config(),
                 p_uncond: p_uncond.unwrap_or(0.1),
             };
-            let mut given = schedule.given();
-            if p_uncond.is_some() {
-                given.push("--p-uncond");
-            }
-            (common, config, given)
+            (common, config)
         }
         TrainCommand::Flow { common, p_uncond } => {
             let mut config = common.config(ModelKind::Flow);
             config.objective = Objective::Flow {
                 p_uncond: p_uncond.unwrap_or(0.1),
             };
-            let given = if p_uncond.is_some() { vec!["--p-uncond"] } else { vec![] };
-            (common, config, given)
+            (common, config)
         }
     };
-    train(common, config, extra_given)
+    train(common, config)
 }
 
-fn train(common: CommonArgs, config: TrainConfig, extra_given: Vec<&'static str>) -> anyhow::Result<()> {
+fn train(common: CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
     let device = common.device.resolve()?;
     let kind = config.objective.name();
     let mut test_digits = None;
     let mut trainer = if let Some(run_dir) = &common.resume {
-        let mut given = common.given();
-        given.extend(extra_given);
-        if !given.is_empty() {
-            bail!(
-                "--resume takes the run's configuration from its checkpoint; drop {} (only --epochs, --threads, --device and --data-dir may change)",
-                given.join(", ")
-            );
-        }
         let mut trainer =
             Trainer::resume(run_dir, kind, device).with_context(|| format!("cannot resume {}", run_dir.display()))?;
         if let Some(epochs) = common.epochs {

@@ -255,7 +255,7 @@ fn fetch_one(agent: &ureq::Agent, url: &str, partial: &mut PartialFile, md5: &st
     Ok(bytes)
 }
 
-// The end-to-end tests, against a local HTTP server, are in tests/data_download.rs.
+// The end-to-end tests, against a local HTTP server, are in tests/cli/data_download.rs.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,7 +306,7 @@ pub(crate) mod tests {
         assert_eq!(find_file(dir.path(), TEST_LABELS), Some(gz));
     }
 
-    /// The order itself; tests/data_download.rs checks it end to end with the variable set for the binary.
+    /// The order itself; tests/cli/data_download.rs checks it end to end with the variable set for the binary.
     #[test]
     fn flag_wins_over_env_and_env_over_default() {
         let flag = Path::new("/some/where");

@@ -43,12 +43,15 @@ pub async fn index() -> Html<&'static str> {
     responses((status = 200, description = "A list with the one served model", content_type = "application/json")))]
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     let c = &state.config;
+    let defaults = crate::generate::SampleDefaults::for_objective(&c.objective);
     Json(json!([{
         "name": state.name,
         "objective": c.objective.name(),
         "hidden": c.model.hidden,
         "class_conditioned": c.model.class_cond,
-        "default_sampler": crate::generate::SamplerKind::default_for(&c.objective),
+        "default_sampler": defaults.sampler,
+        "default_steps": defaults.steps,
+        "default_guidance": defaults.guidance,
         "timesteps": c.objective.schedule().map(|s| s.timesteps),
         "epochs": c.epochs,
         "dataset": c.dataset,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::generate::{parse_guidance_interval, SamplerKind};
+use crate::generate::{parse_guidance_interval, SampleDefaults, SamplerKind};
 use crate::train::TrainConfig;
 
 /// Most digits one request may ask for.
@@ -53,18 +53,18 @@ pub struct GenerateQuery {
     /// How many digits, 1..64 [default: 8].
     #[param(value_type = Option<u32>, minimum = 1, maximum = 64)]
     pub n: Option<String>,
-    /// Classifier-free guidance scale, 0..20 [default: 5].
+    /// Classifier-free guidance scale, 0..20 [default: the model's, README Sampling].
     #[param(value_type = Option<f64>, minimum = 0, maximum = 20)]
     pub guidance: Option<String>,
     /// Guide only at normalized times LO..HI (`LO,HI`, 0 <= LO <= HI <= 1, 1 = pure noise); the conditional
     /// prediction alone elsewhere [default: guide at every step].
     #[param(example = "0.2,0.8")]
     pub guidance_interval: Option<String>,
-    /// `ddpm`, `ddim`, `dpmpp-2m` or `dpmpp-2m-sde` for diffusion models, `euler`, `heun` or `midpoint` for flow models
-    /// [default: ddpm, or euler for flow].
+    /// `ddpm`, `ddim`, `dpmpp-2m` or `dpmpp-2m-sde` for diffusion models, `euler`, `heun` or `midpoint` for flow
+    /// models [default: the model's, README Sampling].
     #[param(example = "ddim")]
     pub sampler: Option<String>,
-    /// Steps of every sampler but DDPM, 1..1000 [default: 50]; DDPM always takes every timestep.
+    /// Steps of every sampler but DDPM, 1..1000 [default: the model's]; DDPM always takes every timestep.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub steps: Option<String>,
     /// Noise seed: the same seed gives the same digits [default: 0].
@@ -100,7 +100,8 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
     if n == 0 || n > MAX_N {
         return Err(format!("n must be between 1 and {MAX_N}, got {n}"));
     }
-    let guidance = number(raw.guidance.as_deref(), "guidance", 5.0f64)?;
+    let defaults = SampleDefaults::for_objective(&config.objective);
+    let guidance = number(raw.guidance.as_deref(), "guidance", defaults.guidance)?;
     if !(0.0..=MAX_GUIDANCE).contains(&guidance) {
         return Err(format!("guidance must be between 0 and {MAX_GUIDANCE}, got {guidance}"));
     }
@@ -109,7 +110,7 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
         Some(v) => Some(parse_guidance_interval(v).map_err(|e| e.to_string())?),
     };
     let sampler = match raw.sampler.as_deref() {
-        None | Some("") => SamplerKind::default_for(&config.objective),
+        None | Some("") => defaults.sampler,
         Some(name) => match SamplerKind::from_name(name) {
             Some(sampler) if sampler.fits(&config.objective) => sampler,
             _ => {
@@ -192,7 +193,7 @@ mod tests {
         let p = parse(&pairs(&[]), &cfg).expect("defaults");
         assert_eq!(
             (p.digit, p.n, p.sampler, p.format),
-            (None, 8, SamplerKind::Ddpm, Format::Png)
+            (None, 8, SampleDefaults::DIFFUSION.sampler, Format::Png)
         );
         let p = parse(
             &pairs(&[("digit", "7"), ("sampler", "ddim"), ("steps", "20"), ("format", "json")]),
@@ -216,7 +217,10 @@ mod tests {
             assert!(parse(&pairs(&bad), &cfg).is_err(), "{bad:?} accepted");
         }
         let flow = ModelKind::Flow.spec_config();
-        assert_eq!(parse(&pairs(&[]), &flow).expect("flow").sampler, SamplerKind::Euler);
+        assert_eq!(
+            parse(&pairs(&[]), &flow).expect("flow").sampler,
+            SampleDefaults::FLOW.sampler
+        );
         assert!(parse(&pairs(&[("digit", "3")]), &ModelKind::Ddpm.spec_config()).is_err());
     }
 

@@ -18,7 +18,7 @@ use tch::{Device, Tensor};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::generate::{generate_with_noise, GenerateOptions, Request, SamplerKind};
+use crate::generate::{generate_with_noise, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use crate::precision::Precision;
 use crate::pretrained::Loaded;
 use crate::rng::RunRng;
@@ -30,8 +30,6 @@ use super::params::GenerateParams;
 
 /// Most digits run through the model at once.
 pub const MAX_BATCH: usize = 64;
-/// Animation frames per reverse process.
-const GIF_FRAMES: usize = 30;
 
 /// Test-only fault injection: a batch holding a request with this seed panics inside the panic boundary. Read once,
 /// by the worker only; never set it in production.
@@ -263,7 +261,7 @@ fn run_batch(loaded: &Loaded, batch: &[GenerateParams], precision: Precision) ->
     };
     let steps = crate::generate::step_count(&loaded.config, &options);
     let options = GenerateOptions {
-        frame_every: frames.then_some((steps / GIF_FRAMES).max(1)),
+        frame_every: frames.then(|| SampleDefaults::frame_every(steps)),
         ..options
     };
     let output = generate_with_noise(&loaded.model, &loaded.config, &request, &options, &mut noise)

@@ -1,15 +1,13 @@
 //! `diffuse serve` run like a service: probes and warm-up, draining on SIGTERM, the worker's panic boundary, the
 //! per-client rate limit, configuration from the environment with JSON access logs, and the OpenAPI document.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{diffuse, get, http};
+use crate::common::{diffuse, get, http};
 
 /// How long a server may take to load its model and warm up on a slow machine.
 const START_LIMIT: Duration = Duration::from_secs(120);

@@ -1,9 +1,7 @@
 //! `diffuse sample` and `diffuse figures` on a tiny real cfg run: outputs exist, IDX files round-trip, and bad
 //! requests are refused clearly.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 

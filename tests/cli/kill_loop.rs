@@ -9,15 +9,13 @@
 //! write is followed by a hidden 200 ms pause (`--checkpoint-file-delay-ms`) so that the write is long enough to
 //! aim at. Run with `--nocapture` to see where each kill landed.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{resume, run_owned, spawn_with_lines, stderr, tiny, wait_for_line};
+use crate::common::{resume, run_owned, spawn_with_lines, stderr, tiny, wait_for_line};
 
 const EPOCHS: usize = 3;
 /// Milliseconds of pause after each checkpoint file.

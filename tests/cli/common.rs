@@ -15,7 +15,7 @@ pub fn mnist_dir() -> PathBuf {
 }
 
 /// The `diffuse` binary on the CPU: the byte-exact and memory checks hold for the CPU, so no test picks a GPU
-/// because the machine has one (tests/gpu.rs is the GPU test).
+/// because the machine has one (tests/cli/gpu.rs is the GPU test).
 pub fn diffuse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuse"));
     cmd.env("MNIST_DIR", mnist_dir())

@@ -2,9 +2,7 @@
 //! scripts/test.sh asks when it is installed): the same loaders, training and sampling work on it, and `data check`
 //! tells it apart from MNIST.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 

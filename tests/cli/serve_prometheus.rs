@@ -3,12 +3,10 @@
 //!
 //! Needs Debian's `prometheus` package (.ci/run installs it; scripts/test.sh runs this test when it is on PATH).
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{get, http, Server};
+use crate::common::{get, http, Server};
 
 /// A Prometheus process with its own config and storage in a temporary folder; killed when dropped.
 struct Prometheus {

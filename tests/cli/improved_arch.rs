@@ -1,11 +1,9 @@
 //! The improved recipe from the command line: `--arch improved` trains with EMA on by default (`--ema 0` turns it
 //! off), its checkpoints sample, and a resume cannot switch architecture.
 
-mod common;
-
 use std::fs;
 
-use common::{assert_clean_failure, run, run_owned, stderr, tiny};
+use crate::common::{assert_clean_failure, run, run_owned, stderr, tiny};
 
 fn config(run_dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(run_dir.join("config.json")).expect("config.json")).expect("json")

@@ -1,11 +1,9 @@
 //! Every bad input a user can give gets one clear error line and a non-zero exit, and loses nothing saved.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 
-use common::*;
+use crate::common::*;
 
 fn tmp_data_dir(tmp: &std::path::Path) -> std::path::PathBuf {
     let dir = tmp.join("data");

@@ -7,13 +7,11 @@
 //! read-only folder comes from a mode change, or for root (who ignores modes) from a read-only bind mount; where
 //! neither takes effect the test fails rather than pass unchecked.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_clean_failure, mnist_dir, resume, run_owned, stderr, tiny};
+use crate::common::{assert_clean_failure, mnist_dir, resume, run_owned, stderr, tiny};
 
 fn resume_args(run: &Path) -> Vec<String> {
     resume("cfg", run, &[])

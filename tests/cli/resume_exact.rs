@@ -1,13 +1,11 @@
 //! Exact resume: a run killed (SIGKILL) after a random step of epoch 2 (the test checks that the kill landed there)
 //! and resumed ends on the same bytes as a run that was never stopped.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 fn checkpoint_bytes(run: &Path, epoch: usize, file: &str) -> Vec<u8> {
     fs::read(run.join(format!("checkpoints/epoch-{epoch:03}/{file}"))).expect("read checkpoint file")

@@ -1,10 +1,8 @@
 //! `diffuse serve` against a real server on 127.0.0.1: the API, its limits, batching, and a bounded load test.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).expect("JSON body")

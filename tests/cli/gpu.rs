@@ -1,13 +1,11 @@
-//! The GPU test: the same binary on an NVIDIA GPU. Every other integration test runs on the CPU (tests/common sets
+//! The GPU test: the same binary on an NVIDIA GPU. Every other integration test runs on the CPU (tests/cli/common.rs sets
 //! `DIFFUSE_DEVICE=cpu`), so this is where CUDA is checked. Ignored unless asked for; scripts/test.sh asks when
 //! `nvidia-smi` sees a GPU, and asked for without one it fails rather than pass unchecked.
-
-mod common;
 
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Per-step losses of a run, from its losses.csv.
 fn losses(run: &Path) -> Vec<f64> {

@@ -3,15 +3,13 @@
 //! ignored unless asked for; scripts/test.sh asks when both are installed (.ci/run installs them), and asked for
 //! without them it fails rather than pass without checking anything.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::*;
+use crate::common::*;
 
 struct Driver {
     child: Child,

@@ -2,13 +2,11 @@
 //! clients that never finish their request. Every bad request gets a 4xx, overload gets 503, the server keeps
 //! answering and its memory stays bounded. Run with `--nocapture` to see the measured peak RSS.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{get, http, Server};
+use crate::common::{get, http, Server};
 
 /// Peak RSS the server may reach under this test's load (it idles near 300 MB with the default model loaded).
 const RSS_BOUND_MB: f64 = 1500.0;
