@@ -19,6 +19,7 @@ pub mod layout;
 pub mod model;
 pub mod optim;
 pub mod precision;
+pub mod precision_choice;
 pub mod pretrained;
 pub mod report;
 pub mod rng;

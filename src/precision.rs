@@ -18,12 +18,14 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The default for `device` when `--precision` is not given, for training and sampling alike: bf16 on CPUs
-    /// that compute it natively (AVX512-BF16 or AMX-BF16), where it trains 1.8-2.2x faster with the same loss curve
-    /// (README, Performance); fp32 elsewhere, including CUDA, where this tool measured no gain from bf16 on an H200.
+    /// The default for `device` when `--precision` is not given, for training and sampling alike. On a CPU that
+    /// computes bf16 natively (AVX512-BF16 or AMX-BF16) it is whichever of bf16 and fp32 a short measurement found
+    /// faster there ([`crate::precision_choice`]): bf16 trains 1.9x faster on an AMD EPYC with AVX512-BF16, but
+    /// slower on an Intel Xeon whose AMX is hidden. fp32 elsewhere: emulated bf16 is 7x slower, and on CUDA this
+    /// tool measured no gain from bf16 on an H200.
     pub fn preferred(device: Device) -> Self {
         if device == Device::Cpu && cpu_has_native_bf16() {
-            Precision::Bf16
+            crate::precision_choice::faster_on_this_cpu()
         } else {
             Precision::Fp32
         }

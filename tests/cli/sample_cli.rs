@@ -220,8 +220,9 @@ fn sampling_uses_the_weight_average_when_a_run_keeps_one() {
     assert_ne!(with_ema, raw, "sampling ignored the weight average");
 }
 
-/// Sampling picks its precision by the same rule as training: bf16 where the CPU has native bf16, fp32 elsewhere.
-/// An explicit bf16 on a CPU without it is honoured with one warning. The CPU is played by a cpuinfo file.
+/// Sampling picks its precision by the same rule as training: fp32 on a CPU without native bf16; on one with it,
+/// whichever a measurement found faster, measured once and cached. An explicit bf16 on a CPU without it is
+/// honoured with one warning. The CPU flags are played by a cpuinfo file, the cache is a fresh folder.
 #[test]
 fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -230,9 +231,11 @@ fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
     let bf16 = tmp.path().join("bf16-cpuinfo");
     std::fs::write(&bf16, "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n").expect("write");
     let png = tmp.path().join("g.png");
+    let cache = tmp.path().join("cache");
     let sample = |cpuinfo: &Path, extra: &[&str]| {
         let out = diffuse()
             .env("DIFFUSE_CPUINFO", cpuinfo)
+            .env("DIFFUSE_CACHE", &cache)
             .args([
                 "sample",
                 "--digits",
@@ -258,8 +261,20 @@ fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
         "{auto_avx2}"
     );
     assert!(!auto_avx2.contains(warning));
+    assert!(
+        !cache.join("precision.json").exists(),
+        "no measurement without native bf16"
+    );
+    // Native bf16: measured, cached, and the printed precision is the measured choice (again on the second run).
     let auto_bf16 = sample(&bf16, &[]);
-    assert!(auto_bf16.contains(", bf16"), "{auto_bf16}");
+    let measured: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("precision.json")).expect("cached")).expect("json");
+    let choice = measured[0]["choice"].as_str().expect("choice").to_string();
+    assert!(auto_bf16.contains(&format!(", {choice}")), "{auto_bf16}\n{measured}");
+    assert!(sample(&bf16, &[]).contains(&format!(", {choice}")));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("precision.json")).expect("cached")).expect("json");
+    assert_eq!(again, measured, "measured again instead of reading the cache");
     let forced = sample(&avx2, &["--precision", "bf16"]);
     assert_eq!(forced.matches(warning).count(), 1, "{forced}");
     assert!(forced.contains("7x slower") && forced.contains(", bf16"), "{forced}");
