@@ -67,8 +67,21 @@ pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(T
         picked.extend(of_digit);
         labels.extend(std::iter::repeat_n(digit, per_digit));
     }
-    let images = digits_to_tensor(train).index_select(0, &Tensor::from_slice(&picked));
-    Ok((images, labels))
+    // Only the picked digits become floats, not the whole split.
+    let size = train.rows * train.cols;
+    let pixels: Vec<u8> = picked
+        .iter()
+        .flat_map(|&i| &train.images[i as usize * size..(i as usize + 1) * size])
+        .copied()
+        .collect();
+    let chosen = Digits {
+        n: picked.len(),
+        rows: train.rows,
+        cols: train.cols,
+        images: pixels,
+        labels: labels.clone(),
+    };
+    Ok((digits_to_tensor(&chosen), labels))
 }
 
 /// The floor at n = 10 per_digit: real training digits scored like samples.
