@@ -9,8 +9,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::generate::{generate, step_count, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use crate::model::Arch;
-use crate::precision::Precision;
-use crate::train::config::ModelKind;
+use crate::run::ModelKind;
+use crate::runtime::precision::Precision;
 use crate::train::{TrainError, Trainer};
 
 #[derive(Clone, Debug)]
@@ -103,8 +103,8 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
         hidden: config.hidden,
         batch: config.batch,
         precision: config.precision,
-        threads: crate::device::threads(),
-        device: crate::device::describe(device),
+        threads: crate::runtime::device::threads(),
+        device: crate::runtime::device::describe(device),
         train_img_per_s,
         sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,

@@ -5,8 +5,8 @@ use clap::Args;
 use super::runtime::{resolve_precision, DeviceArgs};
 use diffuse::bench::{self, BenchConfig};
 use diffuse::model::Arch;
-use diffuse::precision::Precision;
-use diffuse::train::config::ModelKind;
+use diffuse::run::config::ModelKind;
+use diffuse::runtime::precision::Precision;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {

@@ -14,7 +14,7 @@ use diffuse::eval::protocol::{self, Setting, Summary};
 use diffuse::eval::train_classifier;
 use diffuse::figures::plot::{line_plot, Series};
 use diffuse::generate::{parse_guidance_interval, GenerateOptions, Request, SampleDefaults, SamplerKind};
-use diffuse::pretrained;
+use diffuse::run::shipped;
 use diffuse::sampler::levels::Spacing;
 
 use super::runtime::{DeviceArgs, ModelArgs, RuntimeArgs};
@@ -151,7 +151,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let classifier_dir = match &args.classifier {
         Some(dir) => dir.clone(),
-        None => pretrained::path_of(DEFAULT_CLASSIFIER)?,
+        None => shipped::path_of(DEFAULT_CLASSIFIER)?,
     };
     let classifier = Classifier::load(&classifier_dir, device)
         .with_context(|| format!("cannot load the classifier from {}", classifier_dir.display()))?;
@@ -226,7 +226,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// The settings the flags ask for: each list given, else the sweep's (with --sweep) or the single default.
-fn settings(args: &EvalArgs, objective: &diffuse::train::Objective, class_cond: bool) -> anyhow::Result<Vec<Setting>> {
+fn settings(args: &EvalArgs, objective: &diffuse::run::Objective, class_cond: bool) -> anyhow::Result<Vec<Setting>> {
     let defaults = SampleDefaults::for_objective(objective);
     let samplers: Vec<(SamplerKind, Option<usize>)> = match (args.sampler.is_empty(), args.steps.is_empty()) {
         (true, true) if args.sweep => protocol::sweep_samplers(objective),
@@ -341,7 +341,7 @@ fn write_sweep(rows: &[Row], csv: &Path, plot: &Path, label: &str) -> anyhow::Re
         );
         text.push('\n');
     }
-    diffuse::atomic_file::write_atomic(csv, text.as_bytes())
+    diffuse::io::atomic_file::write_atomic(csv, text.as_bytes())
         .with_context(|| format!("cannot write {}", csv.display()))?;
     // One curve per sampler, guidance and interval: FD against network evaluations.
     let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use diffuse::checkpoint;
 use diffuse::data::{self, Split};
-use diffuse::device::DeviceChoice;
+use diffuse::run::{self, RunDir};
 use diffuse::run_figures::RunFigures;
-use diffuse::train::trainer::{load_model, read_losses, read_run_config};
+use diffuse::runtime::device::DeviceChoice;
 
 #[derive(Args, Debug)]
 pub struct FiguresArgs {
@@ -24,23 +23,24 @@ pub struct FiguresArgs {
 
 pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
     let device = args.device.resolve()?;
-    let (_, _, config) = read_run_config(&args.run_dir, None)?;
+    let run_dir = RunDir::new(&args.run_dir);
+    let (_, _, state) = run_dir.read_state(None)?;
+    let config = state.config;
     let data_dir = config.dataset.resolve_dir(args.data_dir.as_deref());
     let test = data::load(&data_dir, Split::Test)?;
     let figures = RunFigures::new(&args.run_dir, &config, &test);
     let mut written = figures.before_training()?;
-    for (epoch, _) in checkpoint::list(&args.run_dir)? {
+    for (epoch, _) in run_dir.checkpoints()? {
         if figures.shows_epoch(epoch) {
-            let (_, model, _) = load_model(&args.run_dir, Some(epoch), device)?;
+            let loaded = run::load(&args.run_dir, Some(epoch), device)?;
             written.extend(
                 figures
-                    .model_figures(&model, epoch)
+                    .model_figures(&loaded.model, epoch)
                     .with_context(|| format!("epoch {epoch}"))?,
             );
         }
     }
-    let losses = read_losses(&args.run_dir)?;
-    written.push(figures.loss_curve(&losses)?);
+    written.push(figures.loss_curve(&state.losses)?);
     for path in written {
         println!("{}", path.display());
     }

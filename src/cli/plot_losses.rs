@@ -1,12 +1,12 @@
 //! `diffuse plot-losses A B ... --out overlay.png`: per-step loss curves of several runs on one plot (e.g. fp32
 //! against bf16 at the same seed and budget).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::Args;
 
 use diffuse::figures::plot::{line_plot, Series};
+use diffuse::run;
 
 #[derive(Args, Debug)]
 pub struct PlotLossesArgs {
@@ -23,38 +23,10 @@ pub struct PlotLossesArgs {
     pub out: PathBuf,
 }
 
-fn read_losses(path: &Path) -> anyhow::Result<Vec<(f64, f64)>> {
-    let file = if path.is_dir() {
-        path.join("losses.csv")
-    } else {
-        path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let (Some(step), Some(loss)) = (
-        header.iter().position(|h| *h == "step"),
-        header.iter().position(|h| *h == "loss"),
-    ) else {
-        bail!("{}: expected a CSV with `step` and `loss` columns", file.display());
-    };
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let cells: Vec<&str> = line.split(',').collect();
-            let parse = |c: usize| cells.get(c).and_then(|v| v.trim().parse::<f64>().ok());
-            match (parse(step), parse(loss)) {
-                (Some(s), Some(l)) => Ok((s, l)),
-                _ => bail!("{}: line {} is not `step,...,loss`", file.display(), i + 2),
-            }
-        })
-        .collect()
-}
-
 pub fn run(args: PlotLossesArgs) -> anyhow::Result<()> {
     let mut curves = Vec::new();
     for (i, input) in args.inputs.iter().enumerate() {
-        let mut points = read_losses(input)?;
+        let mut points = run::read_loss_curve(input)?;
         if let Some(n) = args.steps {
             points.truncate(n);
         }

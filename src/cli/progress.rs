@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use diffuse::train::Progress;
+use diffuse::train::Hooks;
 
 /// A log never goes longer than this without a progress line (as long as one step is shorter).
 const MAX_SILENCE_SECS: f64 = 30.0;
@@ -32,7 +32,17 @@ impl Bars {
     }
 }
 
-impl Progress for Bars {
+impl Hooks for Bars {
+    fn checkpoint_saved(&mut self, _epoch: usize, dir: &std::path::Path) {
+        tracing::info!(checkpoint = %dir.display(), "saved");
+    }
+
+    fn test_mse(&mut self, epoch: usize, images: i64, sigma: f64, denoised: f64, noisy: f64) {
+        eprintln!(
+            "epoch {epoch}: test MSE on {images} digits at sigma {sigma}: denoised {denoised:.5}, noisy input {noisy:.5}"
+        );
+    }
+
     fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
         self.started = Instant::now();
         self.images = 0;

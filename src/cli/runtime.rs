@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use tch::Device;
 
-use diffuse::device::{self, DeviceChoice};
-use diffuse::precision::Precision;
-use diffuse::pretrained::{self, Loaded};
+use diffuse::run::{self, shipped, Loaded};
+use diffuse::runtime::device::{self, DeviceChoice};
+use diffuse::runtime::precision::Precision;
 
 /// `--device` and `--threads`, flattened into each command.
 #[derive(Args, Debug, Clone, Copy)]
@@ -77,11 +77,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model onto `device`.
     pub fn load(&self, device: Device) -> anyhow::Result<Loaded> {
-        let source = match (&self.run, &self.model) {
-            (Some(run), _) => run.clone(),
-            (None, name) => pretrained::path_of(name.as_deref().unwrap_or(pretrained::DEFAULT_MODEL))?,
-        };
-        pretrained::load(&source, self.epoch, device)
-            .with_context(|| format!("cannot load a model from {}", source.display()))
+        let (source, _) = shipped::resolve(self.run.as_deref(), self.model.as_deref())?;
+        run::load(&source, self.epoch, device).with_context(|| format!("cannot load a model from {}", source.display()))
     }
 }

@@ -10,15 +10,15 @@ use super::runtime::{ModelArgs, RuntimeArgs};
 use tch::{Kind, Tensor};
 
 use diffuse::data::{sample_file_paths, write_idx};
-use diffuse::device;
 use diffuse::figures::gif::write_gif;
 use diffuse::figures::grid::{labelled_grid, save_png, GridSpec};
 use diffuse::generate::{
     generate, parse_guidance_interval, step_count, GenerateOptions, Request, SampleDefaults, SamplerKind,
 };
-use diffuse::pretrained;
+use diffuse::run::Loaded;
 use diffuse::run_figures::diffusion::frames_to_grids;
 use diffuse::run_figures::to_pixels;
+use diffuse::runtime::device;
 use diffuse::sampler::levels::Spacing;
 
 #[derive(Args, Debug)]
@@ -71,7 +71,7 @@ const MAX_SAMPLES: usize = 10_000;
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
-    let pretrained::Loaded { model, config, label } = args.source.load(device)?;
+    let Loaded { model, config, label } = args.source.load(device)?;
     let class_cond = config.model.class_cond;
     let (request, rows, cols) = if class_cond {
         if args.n.is_some() {
@@ -158,7 +158,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         args.seed
     );
     save_png(
-        &labelled_grid(&to_pixels(&padded), &spec, &row_labels, &[], Some(&title))?,
+        &labelled_grid(&to_pixels(&padded)?, &spec, &row_labels, &[], Some(&title))?,
         &args.out,
     )?;
     println!("{}", args.out.display());

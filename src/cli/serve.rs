@@ -13,8 +13,8 @@ use tch::Device;
 
 use super::runtime::RuntimeArgs;
 
-use diffuse::device;
-use diffuse::pretrained;
+use diffuse::run::{self, shipped};
+use diffuse::runtime::device;
 use diffuse::server::access::LogFormat;
 use diffuse::server::rate_limit::RateLimit;
 use diffuse::server::{self, ServeOptions};
@@ -51,16 +51,10 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
-    let (source, name) = match (&args.run, &args.model) {
-        (Some(run), _) => (run.clone(), run.display().to_string()),
-        (None, name) => {
-            let name = name.clone().unwrap_or_else(|| pretrained::DEFAULT_MODEL.to_string());
-            (pretrained::path_of(&name)?, name)
-        }
-    };
-    let loaded = pretrained::load(&source, None, device)
-        .with_context(|| format!("cannot load a model from {}", source.display()))?;
-    if matches!(loaded.config.objective, diffuse::train::Objective::Denoiser { .. }) {
+    let (source, name) = shipped::resolve(args.run.as_deref(), args.model.as_deref())?;
+    let loaded =
+        run::load(&source, None, device).with_context(|| format!("cannot load a model from {}", source.display()))?;
+    if matches!(loaded.config.objective, run::Objective::Denoiser { .. }) {
         anyhow::bail!(
             "{} is a one-step denoiser, which does not generate digits; serve a ddpm, cfg or flow model",
             source.display()

@@ -2,19 +2,18 @@
 //! figures.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
-use diffuse::device;
+use diffuse::diffusion::schedule::ScheduleConfig;
 use diffuse::model::Arch;
-use diffuse::precision::Precision;
-use diffuse::run_figures;
-use diffuse::schedule::ScheduleConfig;
-use diffuse::train::config::ModelKind;
-use diffuse::train::test_metrics;
-use diffuse::train::{Objective, TrainConfig, TrainData, Trainer};
+use diffuse::run::{ModelKind, Objective, RunDir, TrainConfig};
+use diffuse::runtime::device;
+use diffuse::runtime::precision::Precision;
+use diffuse::train::{Faults, Session, Trainer};
 
 use super::progress::Bars;
 use super::runtime::{resolve_precision, DeviceArgs};
@@ -24,6 +23,15 @@ const IMPROVED_EMA_DECAY: f64 = 0.999;
 
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
+    #[command(flatten)]
+    Model(Box<TrainArgs>),
+    /// The MNIST classifier that `diffuse eval` scores samples with (small CNN, 6 epochs).
+    Classifier(super::eval::ClassifierArgs),
+}
+
+/// The four models of the assignment and their recipe flags.
+#[derive(Subcommand, Debug)]
+pub enum TrainArgs {
     /// Part 1: one-step denoiser (unconditional UNet, z = x + sigma eps -> x). Defaults: D=128, sigma 0.5,
     /// batch 256, 5 epochs, Adam 1e-4.
     #[command(allow_negative_numbers = true)]
@@ -53,8 +61,6 @@ pub enum TrainCommand {
         #[arg(long, conflicts_with = "resume")]
         p_uncond: Option<f64>,
     },
-    /// The MNIST classifier that `diffuse eval` scores samples with (small CNN, 6 epochs).
-    Classifier(super::eval::ClassifierArgs),
     /// Rectified flow: class-conditioned velocity prediction on x_t = (1 - t) x0 + t eps, sampled with Euler steps
     /// and the same guidance. Same defaults as cfg.
     #[command(allow_negative_numbers = true)]
@@ -116,12 +122,28 @@ pub struct CommonArgs {
     /// Skip drawing figures after epochs.
     #[arg(long)]
     pub no_figures: bool,
-    /// Fault injection for tests: make the loss NaN at this global step.
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Fault injection for the tests (hidden).
+#[derive(Args, Debug)]
+pub struct FaultArgs {
+    /// Make the loss NaN at this global step.
     #[arg(long, hide = true)]
     pub inject_nan_at_step: Option<i64>,
-    /// Fault injection for tests: pause this many milliseconds after writing each checkpoint file.
+    /// Pause this many milliseconds after writing each checkpoint file.
     #[arg(long, hide = true)]
     pub checkpoint_file_delay_ms: Option<u64>,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> Faults {
+        Faults {
+            nan_at_step: self.inject_nan_at_step,
+            checkpoint_file_delay: self.checkpoint_file_delay_ms.map(Duration::from_millis),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -171,53 +193,74 @@ impl CommonArgs {
     }
 }
 
-pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
-    let (common, config) = match cmd {
-        TrainCommand::Classifier(args) => return super::eval::train_classifier(args),
-        TrainCommand::Denoiser { common, sigma } => {
-            let mut config = common.config(ModelKind::Denoiser);
-            if let Some(sigma) = sigma {
-                config.objective = Objective::Denoiser { sigma };
-            }
-            (common, config)
+impl TrainArgs {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            TrainArgs::Denoiser { common, .. }
+            | TrainArgs::Ddpm { common, .. }
+            | TrainArgs::Cfg { common, .. }
+            | TrainArgs::Flow { common, .. } => common,
         }
-        TrainCommand::Ddpm { common, schedule } => {
-            let mut config = common.config(ModelKind::Ddpm);
-            config.objective = Objective::Ddpm {
-                schedule: schedule.config(),
-            };
-            (common, config)
-        }
-        TrainCommand::Cfg {
-            common,
-            schedule,
-            p_uncond,
-        } => {
-            let mut config = common.config(ModelKind::Cfg);
-            config.objective = Objective::Cfg {
-                schedule: schedule.config(),
-                p_uncond: p_uncond.unwrap_or(0.1),
-            };
-            (common, config)
-        }
-        TrainCommand::Flow { common, p_uncond } => {
-            let mut config = common.config(ModelKind::Flow);
-            config.objective = Objective::Flow {
-                p_uncond: p_uncond.unwrap_or(0.1),
-            };
-            (common, config)
-        }
-    };
-    train(common, config)
+    }
 }
 
-fn train(common: CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
+/// The recipe a command line asks for: the assignment's config for the kind, every flag given applied over it,
+/// validated. The precision stays the default until the device is known (see [`train`]).
+impl TryFrom<&TrainArgs> for TrainConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &TrainArgs) -> anyhow::Result<Self> {
+        let config = match args {
+            TrainArgs::Denoiser { common, sigma } => {
+                let mut config = common.config(ModelKind::Denoiser);
+                if let Some(sigma) = *sigma {
+                    config.objective = Objective::Denoiser { sigma };
+                }
+                config
+            }
+            TrainArgs::Ddpm { common, schedule } => TrainConfig {
+                objective: Objective::Ddpm {
+                    schedule: schedule.config(),
+                },
+                ..common.config(ModelKind::Ddpm)
+            },
+            TrainArgs::Cfg {
+                common,
+                schedule,
+                p_uncond,
+            } => TrainConfig {
+                objective: Objective::Cfg {
+                    schedule: schedule.config(),
+                    p_uncond: p_uncond.unwrap_or(0.1),
+                },
+                ..common.config(ModelKind::Cfg)
+            },
+            TrainArgs::Flow { common, p_uncond } => TrainConfig {
+                objective: Objective::Flow {
+                    p_uncond: p_uncond.unwrap_or(0.1),
+                },
+                ..common.config(ModelKind::Flow)
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
+    match cmd {
+        TrainCommand::Classifier(args) => super::eval::train_classifier(args),
+        TrainCommand::Model(args) => train(args.common(), TrainConfig::try_from(&*args)?),
+    }
+}
+
+fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
     let device = common.device.resolve()?;
     let kind = config.objective.name();
     let mut test_digits = None;
     let mut trainer = if let Some(run_dir) = &common.resume {
-        let mut trainer =
-            Trainer::resume(run_dir, kind, device).with_context(|| format!("cannot resume {}", run_dir.display()))?;
+        let mut trainer = Trainer::resume(RunDir::new(run_dir), kind, device)
+            .with_context(|| format!("cannot resume {}", run_dir.display()))?;
         if let Some(epochs) = common.epochs {
             trainer
                 .set_epochs(epochs)
@@ -249,15 +292,13 @@ fn train(common: CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
     } else {
         let mut config = config;
         config.precision = resolve_precision(common.precision, device);
-        config.validate().map_err(anyhow::Error::msg)?;
         // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
         let data_dir = config.dataset.resolve_dir(common.data_dir.as_deref());
         test_digits = Some(load_split(&data_dir, Split::Test)?);
         let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
-        Trainer::create(config, &run_dir, device)?
+        Trainer::create(config, RunDir::new(run_dir), device)?
     };
-    trainer.inject_nan_at_step = common.inject_nan_at_step;
-    trainer.checkpoint_file_delay = common.checkpoint_file_delay_ms.map(std::time::Duration::from_millis);
+    trainer.faults = common.faults.faults();
 
     let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;
@@ -265,49 +306,19 @@ fn train(common: CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
         Some(digits) => digits,
         None => load_split(&data_dir, Split::Test)?,
     };
-    let data = TrainData::new(&train_digits, device);
+    let mut session = Session::new(trainer, &train_digits, test_digits, !common.no_figures);
+    let trainer = &session.trainer;
     eprintln!(
         "training {kind} ({} parameters) on {} images from {} on {}, {}, run folder {}",
         trainer.model.parameter_count(),
-        trainer.config.subset.map_or(data.len(), |s| s.min(data.len())),
+        session.images_per_epoch(),
         data_dir.display(),
         device::describe(device),
         trainer.config.precision.name(),
-        trainer.run_dir.display()
+        trainer.run.path().display()
     );
-    let figures =
-        (!common.no_figures).then(|| run_figures::RunFigures::new(&trainer.run_dir, &trainer.config, &test_digits));
-    if let (Some(figures), 0) = (&figures, trainer.epoch) {
-        figures.before_training().context("cannot draw figures")?;
-    }
-    let mut bars = Bars::new();
-    while !trainer.is_finished() {
-        trainer.train_epoch(&data, &mut bars)?;
-        let dir = trainer.save_checkpoint()?;
-        tracing::info!(checkpoint = %dir.display(), "saved");
-        // Held-out numbers and figures come from the weight average when the run keeps one.
-        let averaged = trainer.sampling_model();
-        let model = averaged.as_ref().unwrap_or(&trainer.model);
-        if let Objective::Denoiser { sigma } = trainer.config.objective {
-            let test_images = data::digits_to_tensor(&test_digits);
-            let (denoised, noisy) =
-                test_metrics::denoiser_test_mse(model, &test_images, sigma, trainer.config.precision);
-            eprintln!(
-                "epoch {}: test MSE on {} digits at sigma {sigma}: denoised {denoised:.5}, noisy input {noisy:.5}",
-                trainer.epoch,
-                test_metrics::TEST_MSE_IMAGES
-            );
-            let row = format!("{},{denoised},{noisy}", trainer.epoch);
-            test_metrics::append_metrics(&trainer.run_dir, "epoch,test_mse_denoised,test_mse_noisy", &row)
-                .with_context(|| format!("cannot write metrics.csv in {}", trainer.run_dir.display()))?;
-        }
-        if let Some(figures) = &figures {
-            figures
-                .after_epoch(model, trainer.epoch, &trainer.losses)
-                .context("cannot draw figures")?;
-        }
-    }
-    eprintln!("done: {}", trainer.run_dir.display());
+    session.run(&mut Bars::new())?;
+    eprintln!("done: {}", session.trainer.run.path().display());
     Ok(())
 }
 

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::atomic_file::write_atomic;
-use crate::tensor_io::{self, TensorFileError};
+use crate::io::atomic_file::write_atomic;
+use crate::io::tensor_file::{self, TensorFileError};
+use crate::run::MODEL_FILE;
 
-pub const MODEL_FILE: &str = "model.safetensors";
 pub const INFO_FILE: &str = "classifier.json";
 /// Width of the penultimate features.
 pub const FEATURES: i64 = 128;
@@ -125,14 +125,14 @@ impl Classifier {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        tensor_io::write(&dir.join(MODEL_FILE), &self.named_variables())?;
-        let text = serde_json::to_string_pretty(info).unwrap_or_default();
+        tensor_file::write(&dir.join(MODEL_FILE), &self.named_variables())?;
+        let text = serde_json::to_string_pretty(info).map_err(|e| io(e.into()))?;
         write_atomic(&dir.join(INFO_FILE), text.as_bytes()).map_err(io)
     }
 
     pub fn load(dir: &Path, device: Device) -> Result<Self, TensorFileError> {
         let classifier = Self::new(device);
-        tensor_io::load_into(&dir.join(MODEL_FILE), &classifier.named_variables())?;
+        tensor_file::load_into(&dir.join(MODEL_FILE), &classifier.named_variables())?;
         Ok(classifier)
     }
 }

@@ -16,8 +16,8 @@ use super::classifier::Classifier;
 use super::metrics::{moments, score, Quality};
 use crate::data::{self, digits_to_tensor, Digits};
 use crate::generate::{generate, step_count, GenerateError, GenerateOptions, Request, SamplerKind};
-use crate::pretrained::Loaded;
-use crate::rng::RunRng;
+use crate::run::Loaded;
+use crate::runtime::rng::RunRng;
 
 #[derive(Debug, Error)]
 pub enum EvalError {
@@ -162,7 +162,7 @@ impl Setting {
 /// The settings `diffuse eval --sweep` tries for a model with this objective: every sampler that fits, at step
 /// counts around the 20-evaluation budget (DDPM at its fixed 300), each at every guidance scale (class-conditioned
 /// models only), without and with a guidance interval.
-pub fn sweep_samplers(objective: &crate::train::Objective) -> Vec<(SamplerKind, Option<usize>)> {
+pub fn sweep_samplers(objective: &crate::run::Objective) -> Vec<(SamplerKind, Option<usize>)> {
     SamplerKind::fitting(objective)
         .into_iter()
         .flat_map(|sampler| {

@@ -4,8 +4,8 @@
 use tch::Tensor;
 
 use super::classifier::Classifier;
-use crate::optim::{Adam, AdamConfig};
-use crate::rng::RunRng;
+use crate::runtime::rng::RunRng;
+use crate::train::optim::{Adam, AdamConfig};
 
 const BATCH: usize = 128;
 

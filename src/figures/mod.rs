@@ -33,6 +33,8 @@ pub enum FigureError {
     Plot(String),
     #[error("bad figure input: {0}")]
     BadInput(String),
+    #[error("cannot read the images back from the device: {0}")]
+    Tensor(#[from] tch::TchError),
 }
 
 /// Registers DejaVu Sans with plotters' ab_glyph text renderer, once per process.
@@ -66,7 +68,7 @@ where
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` atomically (see [`crate::atomic_file`]), creating missing
+/// Writes `bytes` to `path` atomically (see [`crate::io::atomic_file`]), creating missing
 /// parent folders so callers can name a figure inside a run folder that does not exist yet.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FigureError> {
     let io_err = |source| FigureError::Io {
@@ -79,7 +81,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FigureError>
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    crate::atomic_file::write_atomic(path, bytes).map_err(io_err)?;
+    crate::io::atomic_file::write_atomic(path, bytes).map_err(io_err)?;
     tracing::debug!(path = %path.display(), bytes = bytes.len(), "wrote figure");
     Ok(())
 }

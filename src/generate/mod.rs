@@ -10,15 +10,15 @@ pub use samplers::{SampleDefaults, SamplerKind};
 use tch::{Kind, Tensor};
 use thiserror::Error;
 
+use crate::diffusion::schedule::NoiseSchedule;
 use crate::model::Model;
-use crate::precision::{autocast, Precision};
-use crate::rng::RunRng;
+use crate::run::{Objective, TrainConfig};
+use crate::runtime::precision::{autocast, Precision};
+use crate::runtime::rng::RunRng;
 use crate::sampler::guidance::Guided;
 use crate::sampler::levels::Spacing;
 use crate::sampler::ode::{self, FlowSolver};
 use crate::sampler::{ddim, ddpm, dpmpp, Denoiser, FrameEvery, NoiseSource, SampleOutput};
-use crate::schedule::NoiseSchedule;
-use crate::train::{Objective, TrainConfig};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -282,7 +282,7 @@ pub fn step_count(config: &TrainConfig, options: &GenerateOptions) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::config::ModelKind;
+    use crate::run::ModelKind;
 
     const ALL: [SamplerKind; 7] = [
         SamplerKind::Ddpm,

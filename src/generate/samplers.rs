@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::GenerateOptions;
+use crate::run::Objective;
 use crate::sampler::ode::FlowSolver;
-use crate::train::Objective;
 
 /// The `--sampler` flag.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]

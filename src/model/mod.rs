@@ -13,8 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use crate::layout;
-use crate::tensor_io::{self, TensorFileError};
+use crate::io::tensor_file::{self, TensorFileError};
+use crate::runtime::layout;
 use improved::ImprovedUNet;
 use unet::BasicUNet;
 
@@ -138,12 +138,12 @@ impl Model {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
-        tensor_io::write(path, &self.named_variables())
+        tensor_file::write(path, &self.named_variables())
     }
 
     /// Loads weights saved by [`Model::save`], refusing files with missing, extra or misshapen tensors.
     pub fn load(&mut self, path: &Path) -> Result<(), TensorFileError> {
-        tensor_io::load_into(path, &self.named_variables())
+        tensor_file::load_into(path, &self.named_variables())
     }
 
     /// Sets every parameter's gradient to zero (or drops it).

@@ -7,7 +7,7 @@ use tch::Tensor;
 use crate::figures::grid::{labelled_grid, save_png, GridSpec};
 use crate::figures::FigureError;
 use crate::model::Model;
-use crate::rng::RunRng;
+use crate::runtime::rng::RunRng;
 
 use super::{to_pixels, RunFigures, FIGURE_SEED};
 
@@ -35,10 +35,10 @@ fn noised_rows(figures: &RunFigures, x: &Tensor) -> Tensor {
 
 /// `noising.png`: a few test digits (rows) at every sigma (columns).
 pub fn noising_grid(figures: &RunFigures) -> Result<PathBuf, FigureError> {
-    let picked = figures.one_per_class(5);
+    let picked = figures.one_per_class(5)?;
     let noisy = noised_rows(figures, &figures.test_batch(&picked));
     let spec = GridSpec::mnist(picked.len(), SIGMAS.len()).with_scale(SCALE);
-    let img = labelled_grid(&to_pixels(&noisy), &spec, &[], &sigma_labels(), Some("z = x + σ·ε"))?;
+    let img = labelled_grid(&to_pixels(&noisy)?, &spec, &[], &sigma_labels(), Some("z = x + σ·ε"))?;
     let path = figures.dir.join("noising.png");
     save_png(&img, &path)?;
     Ok(path)
@@ -50,7 +50,7 @@ fn denoise(model: &Model, z: &Tensor) -> Tensor {
 
 /// `denoised-epoch-NNN.png`: rows clean, noisy (training sigma), denoised, for one test digit of each class.
 pub fn denoised_grid(figures: &RunFigures, model: &Model, sigma: f64, epoch: usize) -> Result<PathBuf, FigureError> {
-    let picked = figures.one_per_class(10);
+    let picked = figures.one_per_class(10)?;
     let x = figures.test_batch(&picked);
     let mut rng = RunRng::new(figures.config.seed ^ FIGURE_SEED);
     let z = &x + rng.normal_tensor(&x.size(), x.device()) * sigma;
@@ -59,7 +59,7 @@ pub fn denoised_grid(figures: &RunFigures, model: &Model, sigma: f64, epoch: usi
     let spec = GridSpec::mnist(3, picked.len()).with_scale(SCALE);
     let rows = ["clean".to_string(), format!("noisy σ={sigma}"), "denoised".to_string()];
     let title = format!("Denoiser after epoch {epoch}");
-    let img = labelled_grid(&to_pixels(&all), &spec, &rows, &[], Some(&title))?;
+    let img = labelled_grid(&to_pixels(&all)?, &spec, &rows, &[], Some(&title))?;
     let path = figures.dir.join(format!("denoised-epoch-{epoch:03}.png"));
     save_png(&img, &path)?;
     Ok(path)
@@ -68,14 +68,14 @@ pub fn denoised_grid(figures: &RunFigures, model: &Model, sigma: f64, epoch: usi
 /// `ood.png`: one test digit noised at every sigma (top row) and the denoiser's output (bottom row); the model
 /// was trained at one sigma only, so the other columns are out of distribution.
 pub fn out_of_distribution_grid(figures: &RunFigures, model: &Model) -> Result<PathBuf, FigureError> {
-    let picked = figures.one_per_class(1);
+    let picked = figures.one_per_class(1)?;
     let noisy = noised_rows(figures, &figures.test_batch(&picked));
     let out = denoise(model, &noisy).to_device(noisy.device());
     let all = Tensor::cat(&[&noisy, &out], 0);
     let spec = GridSpec::mnist(2, SIGMAS.len()).with_scale(SCALE);
     let rows = ["noisy".to_string(), "denoised".to_string()];
     let img = labelled_grid(
-        &to_pixels(&all),
+        &to_pixels(&all)?,
         &spec,
         &rows,
         &sigma_labels(),

@@ -70,7 +70,7 @@ pub fn sample_figures(
         config.objective.name(),
         defaults.sampler.label()
     );
-    let img = labelled_grid(&to_pixels(&output.images), &spec, &row_labels, &[], Some(&title))?;
+    let img = labelled_grid(&to_pixels(&output.images)?, &spec, &row_labels, &[], Some(&title))?;
     let path = figures.dir.join(format!("samples-epoch-{epoch:03}.png"));
     save_png(&img, &path)?;
     let mut written = vec![path];
@@ -85,5 +85,5 @@ pub fn sample_figures(
 
 /// Frames of a sampler run as grid images.
 pub fn frames_to_grids(frames: &[Tensor], spec: &GridSpec) -> Result<Vec<GrayImage>, FigureError> {
-    frames.iter().map(|f| digit_grid(&to_pixels(f), spec)).collect()
+    frames.iter().map(|f| digit_grid(&to_pixels(f)?, spec)).collect()
 }

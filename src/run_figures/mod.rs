@@ -15,7 +15,7 @@ use crate::data::{digits_to_tensor, labels_to_tensor};
 use crate::figures::plot::{line_plot, Series};
 use crate::figures::FigureError;
 use crate::model::Model;
-use crate::train::config::{Objective, TrainConfig};
+use crate::run::{Objective, TrainConfig, FIGURES_DIR};
 
 /// Seed offset of the figure noise stream.
 const FIGURE_SEED: u64 = 0x05ee_df16;
@@ -32,7 +32,7 @@ pub struct RunFigures {
 impl RunFigures {
     pub fn new(run_dir: &Path, config: &TrainConfig, test: &Digits) -> Self {
         Self {
-            dir: run_dir.join("figures"),
+            dir: run_dir.join(FIGURES_DIR),
             config: config.clone(),
             test_images: digits_to_tensor(test),
             test_labels: labels_to_tensor(test),
@@ -108,8 +108,8 @@ impl RunFigures {
     }
 
     /// The first test image of each digit 0..9 in order, as indices.
-    fn one_per_class(&self, count: usize) -> Vec<i64> {
-        let labels: Vec<i64> = Vec::try_from(&self.test_labels).unwrap_or_default();
+    fn one_per_class(&self, count: usize) -> Result<Vec<i64>, FigureError> {
+        let labels: Vec<i64> = Vec::try_from(&self.test_labels)?;
         let mut picked = Vec::new();
         for class in 0..10 {
             if let Some(i) = labels.iter().position(|&l| l == class) {
@@ -117,7 +117,7 @@ impl RunFigures {
             }
         }
         picked.truncate(count);
-        picked
+        Ok(picked)
     }
 
     fn test_batch(&self, indices: &[i64]) -> Tensor {
@@ -126,13 +126,12 @@ impl RunFigures {
 }
 
 /// A [N, 1, H, W] tensor as a flat f32 vector for the image grid functions.
-pub fn to_pixels(images: &Tensor) -> Vec<f32> {
-    Vec::try_from(
+pub fn to_pixels(images: &Tensor) -> Result<Vec<f32>, FigureError> {
+    Ok(Vec::try_from(
         images
             .detach()
             .to_device(tch::Device::Cpu)
             .to_kind(Kind::Float)
             .flatten(0, -1),
-    )
-    .unwrap_or_default()
+    )?)
 }

@@ -9,7 +9,7 @@ use tch::Tensor;
 
 use super::levels::Level;
 use super::{Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
-use crate::schedule::NoiseSchedule;
+use crate::diffusion::schedule::NoiseSchedule;
 
 /// The timesteps DDIM visits, noisiest first: round(i (T-1) / (steps-1)) for i = steps-1 .. 0, deduplicated.
 pub fn timesteps(total: usize, steps: usize) -> Vec<usize> {
@@ -63,10 +63,10 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::RunRng;
+    use crate::diffusion::schedule::ScheduleConfig;
+    use crate::runtime::rng::RunRng;
     use crate::sampler::dummies::{Oracle, Zero};
     use crate::sampler::toy;
-    use crate::schedule::ScheduleConfig;
     use tch::Kind;
 
     #[test]

@@ -3,7 +3,7 @@
 use tch::Tensor;
 
 use super::{Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
-use crate::schedule::NoiseSchedule;
+use crate::diffusion::schedule::NoiseSchedule;
 
 /// Draws `n` samples. `class` is [n, 10] (or None for unconditional models). Noise comes from `rng`: x_T first,
 /// then one z per step with t > 0, so the same seed gives the same samples.
@@ -42,9 +42,9 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::RunRng;
+    use crate::diffusion::schedule::ScheduleConfig;
+    use crate::runtime::rng::RunRng;
     use crate::sampler::dummies::{Oracle, Zero};
-    use crate::schedule::ScheduleConfig;
     use tch::Kind;
 
     fn values(t: &Tensor) -> Vec<f64> {

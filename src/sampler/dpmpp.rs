@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use super::levels::Level;
 use super::{Denoiser, FrameEvery, FrameRecorder, NoiseSource, SampleOutput};
-use crate::schedule::NoiseSchedule;
+use crate::diffusion::schedule::NoiseSchedule;
 
 /// Integrates x from `levels[0]` through every level to the last (noisiest first). `eps(x, i)` predicts the noise
 /// in x at `levels[i]`; it is called once per step (`levels.len() - 1` times). `on_step(x, k)` sees x after k steps.
@@ -103,11 +103,11 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::RunRng;
+    use crate::diffusion::schedule::ScheduleConfig;
+    use crate::runtime::rng::RunRng;
     use crate::sampler::dummies::{Oracle, Zero};
     use crate::sampler::levels::Spacing;
     use crate::sampler::toy;
-    use crate::schedule::ScheduleConfig;
     use tch::{Device, Kind};
 
     /// Max error after `steps` steps (even) between u = 0.7 and u = 0.1 of the toy's continuous schedule

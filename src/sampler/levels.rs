@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::NoiseSchedule;
+use crate::diffusion::schedule::NoiseSchedule;
 
 /// A noise level of x = alpha x0 + sigma eps.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +68,7 @@ impl Spacing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::ScheduleConfig;
+    use crate::diffusion::schedule::ScheduleConfig;
 
     #[test]
     fn trailing_timesteps() {

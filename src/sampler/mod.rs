@@ -16,7 +16,7 @@ mod toy;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::Model;
-use crate::rng::RunRng;
+use crate::runtime::rng::RunRng;
 
 /// What a sampler calls at every step.
 pub trait Denoiser {
@@ -154,7 +154,7 @@ pub(crate) mod dummies {
 
     impl Oracle {
         /// eps = (x - sqrt(alpha_bar[t]) x0) / sqrt(1 - alpha_bar[t]) at timestep t = round(normalized time * T).
-        pub fn noise(x0: &Tensor, schedule: &crate::schedule::NoiseSchedule) -> Self {
+        pub fn noise(x0: &Tensor, schedule: &crate::diffusion::schedule::NoiseSchedule) -> Self {
             Self {
                 x0: x0.shallow_clone(),
                 alpha_bar: Some(schedule.alpha_bar.clone()),

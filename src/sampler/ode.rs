@@ -1,7 +1,7 @@
 //! Fixed-step ODE solvers for a learned velocity field (rectified flow): Euler (first order, one evaluation per
 //! step), Heun and explicit midpoint (second order, two evaluations per step).
 //!
-//! In the convention of [`crate::flow_path`], x_t = (1 - t) x0 + t eps and v = dx_t/dt = eps - x0; sampling
+//! In the convention of [`crate::diffusion::flow_path`], x_t = (1 - t) x0 + t eps and v = dx_t/dt = eps - x0; sampling
 //! integrates dx/dt = v(x, t) from t = 1 (noise) down to t = 0 (data) over uniform steps. Heun's last step, the one
 //! that reaches t = 0, is a plain Euler step, as in EDM (Karras et al. 2022): correcting it would evaluate the
 //! network at t = 0, where it has nothing left to predict. So S Heun steps cost 2S - 1 evaluations, S midpoint steps
@@ -118,7 +118,7 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::RunRng;
+    use crate::runtime::rng::RunRng;
     use crate::sampler::dummies::{Oracle, Zero};
     use crate::sampler::toy;
     use tch::{Device, Kind};

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -69,14 +70,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     (status = 500, description = "Generation failed inside the server", body = ErrorBody),
     (status = 503, description = "Queue full, or the server is draining (see Retry-After)", body = ErrorBody),
     (status = 504, description = "Generation took longer than the request timeout", body = ErrorBody)))]
-pub async fn generate(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
-    let query = query.unwrap_or_default();
-    if query.len() > MAX_QUERY_LEN {
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    query: Result<Query<GenerateQuery>, QueryRejection>,
+) -> Response {
+    if uri.query().map_or(0, str::len) > MAX_QUERY_LEN {
         return error(StatusCode::URI_TOO_LONG, "query string too long");
     }
-    let params = match params::parse(&query, &state.config) {
+    let params = match params::parse(query, &state.config) {
         Ok(p) => p,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(invalid) => return error(StatusCode::BAD_REQUEST, invalid.0),
     };
     if state.lifecycle.phase() == Phase::Draining {
         return unavailable("server is shutting down: retry on another replica");
@@ -144,22 +148,22 @@ fn grid_spec(n: usize) -> GridSpec {
 }
 
 /// [k, 1, 28, 28] -> flat pixels, padded with blank tiles to fill the grid.
-fn grid_pixels(images: &tch::Tensor, spec: &GridSpec) -> Vec<f32> {
-    let mut pixels = crate::run_figures::to_pixels(images);
+fn grid_pixels(images: &tch::Tensor, spec: &GridSpec) -> Result<Vec<f32>, FigureError> {
+    let mut pixels = crate::run_figures::to_pixels(images)?;
     pixels.resize(spec.rows * spec.cols * 28 * 28, 0.0);
-    pixels
+    Ok(pixels)
 }
 
 fn grid_png(images: &tch::Tensor, n: usize) -> Result<Vec<u8>, FigureError> {
     let spec = grid_spec(n);
-    png_bytes(&digit_grid(&grid_pixels(images, &spec), &spec)?)
+    png_bytes(&digit_grid(&grid_pixels(images, &spec)?, &spec)?)
 }
 
 fn animation(frames: &[tch::Tensor], n: usize) -> Result<Vec<u8>, FigureError> {
     let spec = grid_spec(n);
     let grids = frames
         .iter()
-        .map(|f| digit_grid(&grid_pixels(f, &spec), &spec))
+        .map(|f| digit_grid(&grid_pixels(f, &spec)?, &spec))
         .collect::<Result<Vec<_>, _>>()?;
     gif_bytes(&grids, GIF_DELAY_MS, GIF_HOLD_MS)
 }

@@ -30,8 +30,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::pretrained::Loaded;
-use crate::train::TrainConfig;
+use crate::run::Loaded;
+use crate::run::TrainConfig;
 use access::LogFormat;
 use lifecycle::Lifecycle;
 use metrics::{Metrics, ModelInfo};
@@ -49,7 +49,7 @@ pub struct ServeOptions {
     pub drain: Duration,
     pub rate_limit: Option<RateLimit>,
     pub log_format: LogFormat,
-    pub precision: crate::precision::Precision,
+    pub precision: crate::runtime::precision::Precision,
     /// Where the model runs, as `diffuse_model_info` reports it.
     pub device: String,
 }

@@ -1,14 +1,17 @@
 //! Query parameters of `GET /api/generate`: parsed once, validated and capped, or refused with a 400 that says why.
 //!
-//! [`GenerateQuery`] is the query as it arrives (every field a string, unknown and repeated names refused) and is
-//! also what the OpenAPI document lists, so the document and the parser cannot disagree; [`validate`] turns it into
-//! [`GenerateParams`].
+//! [`GenerateQuery`] is the query as it arrives (every field a string, unknown and repeated names refused), read by
+//! axum's `Query` extractor, and is also what the OpenAPI document lists, so the document and the parser cannot
+//! disagree; [`validate`] turns it into [`GenerateParams`].
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::generate::{parse_guidance_interval, SampleDefaults, SamplerKind};
-use crate::train::TrainConfig;
+use crate::run::TrainConfig;
 
 /// Most digits one request may ask for.
 pub const MAX_N: usize = 64;
@@ -23,6 +26,11 @@ pub enum Format {
     Gif,
     Json,
 }
+
+/// Why a query was refused (the 400 answer's message).
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct InvalidQuery(pub String);
 
 /// A validated generation request.
 #[derive(Clone, Debug, Serialize)]
@@ -78,36 +86,48 @@ pub struct GenerateQuery {
     pub animate: Option<String>,
 }
 
-/// Parses and validates a raw query string for a model trained with `config`.
-pub fn parse(query: &str, config: &TrainConfig) -> Result<GenerateParams, String> {
-    let raw: GenerateQuery = serde_urlencoded::from_str(query).map_err(|e| truncate_message(&e.to_string()))?;
+/// Validates what axum's `Query` extractor made of the query string, for a model trained with `config`.
+pub fn parse(
+    query: Result<Query<GenerateQuery>, QueryRejection>,
+    config: &TrainConfig,
+) -> Result<GenerateParams, InvalidQuery> {
+    let Query(raw) = query.map_err(|rejection| InvalidQuery(truncate_message(&rejection.body_text())))?;
     validate(&raw, config)
 }
 
 /// Checks each value of `raw` against its range and the model.
-pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GenerateParams, String> {
+pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GenerateParams, InvalidQuery> {
     let digit = match raw.digit.as_deref() {
         None | Some("any") | Some("") => None,
         Some(d) => match d.parse::<u8>() {
             Ok(d) if d <= 9 => Some(d),
-            _ => return Err(format!("digit must be 0..9 or `any`, got `{}`", truncate(d))),
+            _ => {
+                return Err(InvalidQuery(format!(
+                    "digit must be 0..9 or `any`, got `{}`",
+                    truncate(d)
+                )))
+            }
         },
     };
     if digit.is_some() && !config.model.class_cond {
-        return Err("this model is not class-conditioned: use digit=any".into());
+        return Err(InvalidQuery(
+            "this model is not class-conditioned: use digit=any".into(),
+        ));
     }
     let n = number(raw.n.as_deref(), "n", 8usize)?;
     if n == 0 || n > MAX_N {
-        return Err(format!("n must be between 1 and {MAX_N}, got {n}"));
+        return Err(InvalidQuery(format!("n must be between 1 and {MAX_N}, got {n}")));
     }
     let defaults = SampleDefaults::for_objective(&config.objective);
     let guidance = number(raw.guidance.as_deref(), "guidance", defaults.guidance)?;
     if !(0.0..=MAX_GUIDANCE).contains(&guidance) {
-        return Err(format!("guidance must be between 0 and {MAX_GUIDANCE}, got {guidance}"));
+        return Err(InvalidQuery(format!(
+            "guidance must be between 0 and {MAX_GUIDANCE}, got {guidance}"
+        )));
     }
     let guidance_interval = match raw.guidance_interval.as_deref() {
         None | Some("") => None,
-        Some(v) => Some(parse_guidance_interval(v).map_err(|e| e.to_string())?),
+        Some(v) => Some(parse_guidance_interval(v).map_err(|e| InvalidQuery(e.to_string()))?),
     };
     let sampler = match raw.sampler.as_deref() {
         None | Some("") => defaults.sampler,
@@ -118,11 +138,11 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
                     .iter()
                     .map(|k| k.name())
                     .collect();
-                return Err(format!(
+                return Err(InvalidQuery(format!(
                     "sampler `{}` is not available for this model (use {})",
                     truncate(name),
                     allowed.join(", ")
-                ));
+                )));
             }
         },
     };
@@ -131,7 +151,9 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
         Some(v) => {
             let steps: usize = number(Some(v), "steps", 0)?;
             if steps == 0 || steps > MAX_STEPS {
-                return Err(format!("steps must be between 1 and {MAX_STEPS}, got {steps}"));
+                return Err(InvalidQuery(format!(
+                    "steps must be between 1 and {MAX_STEPS}, got {steps}"
+                )));
             }
             Some(steps)
         }
@@ -142,7 +164,12 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
         None | Some("") | Some("png") => Format::Png,
         Some("gif") => Format::Gif,
         Some("json") => Format::Json,
-        Some(other) => return Err(format!("format must be png, gif or json, got `{}`", truncate(other))),
+        Some(other) => {
+            return Err(InvalidQuery(format!(
+                "format must be png, gif or json, got `{}`",
+                truncate(other)
+            )))
+        }
     };
     let animate = matches!(raw.animate.as_deref(), Some("1") | Some("true"));
     Ok(GenerateParams {
@@ -158,13 +185,13 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
     })
 }
 
-fn number<T: std::str::FromStr>(value: Option<&str>, key: &str, default: T) -> Result<T, String> {
+fn number<T: std::str::FromStr>(value: Option<&str>, key: &str, default: T) -> Result<T, InvalidQuery> {
     match value {
         None | Some("") => Ok(default),
         Some(v) => v
             .trim()
             .parse()
-            .map_err(|_| format!("{key} must be a number in range, got `{}`", truncate(v))),
+            .map_err(|_| InvalidQuery(format!("{key} must be a number in range, got `{}`", truncate(v)))),
     }
 }
 
@@ -181,10 +208,16 @@ fn truncate_message(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::config::ModelKind;
+    use crate::run::ModelKind;
 
     fn pairs(q: &[(&str, &str)]) -> String {
         form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish()
+    }
+
+    /// The query string through the extractor the server uses.
+    fn parse(query: &str, config: &TrainConfig) -> Result<GenerateParams, String> {
+        let uri: axum::http::Uri = format!("/api/generate?{query}").parse().expect("uri");
+        super::parse(Query::try_from_uri(&uri), config).map_err(|e| e.0)
     }
 
     #[test]

@@ -19,9 +19,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::generate::{generate_with_noise, GenerateOptions, Request, SampleDefaults, SamplerKind};
-use crate::precision::Precision;
-use crate::pretrained::Loaded;
-use crate::rng::RunRng;
+use crate::run::Loaded;
+use crate::runtime::precision::Precision;
+use crate::runtime::rng::RunRng;
 use crate::sampler::PerRequestNoise;
 
 use super::lifecycle::Lifecycle;

@@ -1,9 +1,12 @@
-//! Training: the run configuration, per-objective batches, and the loop that checkpoints every epoch.
+//! Training: per-objective batches, the optimiser and weight average, one epoch at a time ([`Trainer`]), and the
+//! whole run with its per-epoch work ([`Session`]).
 
-pub mod config;
+pub mod ema;
 pub mod objective;
+pub mod optim;
+pub mod session;
 pub mod test_metrics;
 pub mod trainer;
 
-pub use config::{Objective, TrainConfig};
-pub use trainer::{Progress, TrainData, TrainError, Trainer};
+pub use session::Session;
+pub use trainer::{Faults, Hooks, TrainData, TrainError, Trainer};

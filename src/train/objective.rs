@@ -5,11 +5,11 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::flow_path;
-use crate::rng::RunRng;
-use crate::schedule::NoiseSchedule;
+use crate::diffusion::flow_path;
+use crate::diffusion::schedule::NoiseSchedule;
+use crate::runtime::rng::RunRng;
 
-use super::config::Objective;
+use crate::run::Objective;
 
 /// What one training step feeds the network and compares its output with.
 pub struct TrainingBatch {

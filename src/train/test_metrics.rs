@@ -3,14 +3,11 @@
 //! Part 1: the test-set MSE of the denoiser's output against the clean digits, next to the MSE of the noisy input
 //! itself (sigma^2 on average), on a fixed subset of test digits with fixed noise so epochs compare fairly.
 
-use std::io::Write;
-use std::path::Path;
-
 use tch::{Kind, Tensor};
 
 use crate::model::Model;
-use crate::precision::{autocast, Precision};
-use crate::rng::RunRng;
+use crate::runtime::precision::{autocast, Precision};
+use crate::runtime::rng::RunRng;
 
 /// Test digits used for the held-out MSE (the first N of the test split).
 pub const TEST_MSE_IMAGES: i64 = 1000;
@@ -41,16 +38,4 @@ pub fn denoiser_test_mse(model: &Model, images: &Tensor, sigma: f64, precision: 
 
 fn sum_sq(t: &Tensor) -> f64 {
     t.square().sum(Kind::Double).double_value(&[])
-}
-
-/// Appends one row to `RUN_DIR/metrics.csv`, writing the header first when the file is new.
-pub fn append_metrics(run_dir: &Path, header: &str, row: &str) -> std::io::Result<()> {
-    let path = run_dir.join("metrics.csv");
-    let new = !path.exists();
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-    if new {
-        writeln!(file, "{header}")?;
-    }
-    writeln!(file, "{row}")?;
-    file.sync_all()
 }

@@ -97,15 +97,15 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     assert!(!run_dir.join("checkpoints/epoch-002").exists());
 
     // A checkpoint with a missing tensor, then one with a wrong shape, is refused by name.
-    let mut tensors = diffuse::tensor_io::read(&model).expect("read");
+    let mut tensors = diffuse::io::tensor_file::read(&model).expect("read");
     let (name, _) = tensors.pop_last().expect("a tensor");
-    diffuse::tensor_io::write(&model, &tensors).expect("write");
+    diffuse::io::tensor_file::write(&model, &tensors).expect("write");
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r]), &name);
     tensors.insert(
         name.clone(),
         tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu)),
     );
-    diffuse::tensor_io::write(&model, &tensors).expect("write");
+    diffuse::io::tensor_file::write(&model, &tensors).expect("write");
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r]), "shape");
 
     // Restored, the run resumes and finishes.

@@ -12,7 +12,7 @@ fn write_test_digits(prefix: &Path, n: usize, random_labels: bool) {
     let test = diffuse::data::load(&mnist_dir(), diffuse::data::Split::Test).expect("test split");
     let images = &test.images[..n * 784];
     let labels: Vec<u8> = if random_labels {
-        diffuse::rng::RunRng::new(9)
+        diffuse::runtime::rng::RunRng::new(9)
             .integers(n, 10)
             .iter()
             .map(|&l| l as u8)
@@ -111,7 +111,7 @@ fn known_cases_score_as_expected() {
 
     // Uniform noise images: no labels file, so no accuracy; the FD is far above the real digits'.
     let noise = tmp.path().join("noise");
-    let mut rng = diffuse::rng::RunRng::new(1);
+    let mut rng = diffuse::runtime::rng::RunRng::new(1);
     let pixels: Vec<u8> = rng.uniforms(1000 * 784).iter().map(|u| (u * 255.0) as u8).collect();
     let (noise_images, _) = diffuse::data::sample_file_paths(&noise);
     diffuse::data::write_idx(&noise_images, &[1000, 28, 28], &pixels).expect("noise");
@@ -276,7 +276,7 @@ fn quality_gate_for_the_shipped_models_and_their_default_samplers() {
         );
         assert!(passes(drawn), "{}: {drawn:?} fails the gate", gate.model);
 
-        let mut rng = diffuse::rng::RunRng::new(5);
+        let mut rng = diffuse::runtime::rng::RunRng::new(5);
         let noise: Vec<u8> = rng.uniforms(images.len()).iter().map(|u| (u * 255.0) as u8).collect();
         let shifted: Vec<u8> = labels.iter().map(|l| (l + 1) % 10).collect();
         for (name, broken) in [

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use diffuse::data::parse_idx;
-use diffuse::tensor_io;
+use diffuse::io::tensor_file;
 
 /// A valid IDX file of u8 values with the given dims.
 fn idx_file(dims: &[u32]) -> Vec<u8> {
@@ -30,7 +30,7 @@ fn safetensors_file() -> Vec<u8> {
         Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]),
     );
     tensors.insert("b.bias".to_string(), Tensor::arange(5, (Kind::Float, Device::Cpu)));
-    tensor_io::write(&path, &tensors).expect("write");
+    tensor_file::write(&path, &tensors).expect("write");
     std::fs::read(&path).expect("read")
 }
 
@@ -90,6 +90,6 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.safetensors");
         std::fs::write(&path, &bytes).expect("write");
-        let _ = tensor_io::read(&path);
+        let _ = tensor_file::read(&path);
     }
 }

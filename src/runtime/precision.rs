@@ -20,12 +20,12 @@ pub enum Precision {
 impl Precision {
     /// The default for `device` when `--precision` is not given, for training and sampling alike. On a CPU that
     /// computes bf16 natively (AVX512-BF16 or AMX-BF16) it is whichever of bf16 and fp32 a short measurement found
-    /// faster there ([`crate::precision_choice`]): bf16 trains 1.9x faster on an AMD EPYC with AVX512-BF16, but
+    /// faster there ([`crate::runtime::precision_choice`]): bf16 trains 1.9x faster on an AMD EPYC with AVX512-BF16, but
     /// slower on an Intel Xeon whose AMX is hidden. fp32 elsewhere: emulated bf16 is 7x slower, and on CUDA this
     /// tool measured no gain from bf16 on an H200.
     pub fn preferred(device: Device) -> Self {
         if device == Device::Cpu && cpu_has_native_bf16() {
-            crate::precision_choice::faster_on_this_cpu()
+            crate::runtime::precision_choice::faster_on_this_cpu()
         } else {
             Precision::Fp32
         }

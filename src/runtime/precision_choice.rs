@@ -12,8 +12,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::layout::channels_last;
-use crate::precision::{autocast, Precision};
+use crate::runtime::layout::channels_last;
+use crate::runtime::precision::{autocast, Precision};
 
 /// What one measurement found (the cache file holds one per CPU model and thread count).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,7 +27,7 @@ pub struct Measured {
 
 /// The faster precision on this CPU, from the cache or measured now (and cached).
 pub fn faster_on_this_cpu() -> Precision {
-    let (cpu, threads) = (cpu_model(), crate::device::threads());
+    let (cpu, threads) = (cpu_model(), crate::runtime::device::threads());
     let path = cache_file();
     let mut known: Vec<Measured> = path
         .as_ref()
@@ -45,7 +45,7 @@ pub fn faster_on_this_cpu() -> Precision {
     if let Some(path) = path {
         let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
             let text = serde_json::to_string_pretty(&known).map_err(std::io::Error::other)?;
-            crate::atomic_file::write_atomic(&path, text.as_bytes())
+            crate::io::atomic_file::write_atomic(&path, text.as_bytes())
         });
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot cache the precision measurement");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use crate::atomic_file::{commit, temp_path};
+use crate::io::atomic_file::{commit, temp_path};
 use thiserror::Error;
 
 #[derive(Debug, Error)]

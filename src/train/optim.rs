@@ -8,28 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use torch_sys::C_tensor;
 
-use crate::tensor_io::{self, TensorFileError};
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AdamConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
-    }
-}
+use crate::io::tensor_file::{self, TensorFileError};
+pub use crate::run::config::AdamConfig;
 
 pub struct Adam {
     config: AdamConfig,
@@ -135,12 +118,12 @@ impl Adam {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
-        tensor_io::write(path, &self.state_tensors())
+        tensor_file::write(path, &self.state_tensors())
     }
 
     /// Restores moments saved by [`Adam::save`] and the step count (kept in the checkpoint's state file).
     pub fn load(&mut self, path: &Path, step: i64) -> Result<(), TensorFileError> {
-        tensor_io::load_into(path, &self.state_tensors())?;
+        tensor_file::load_into(path, &self.state_tensors())?;
         self.step = step;
         for s in &mut self.step_tensors {
             let _ = s.fill_(step as f64);

@@ -3,12 +3,12 @@
 //! A resumed run rebuilds everything from this (nanoGPT's rule), never from the command line.
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::data::dataset::Dataset;
+use crate::diffusion::schedule::ScheduleConfig;
 use crate::model::UNetConfig;
-use crate::optim::AdamConfig;
-use crate::precision::Precision;
-use crate::schedule::ScheduleConfig;
+use crate::runtime::precision::Precision;
 
 /// What the network learns to predict, and from what.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -104,6 +104,29 @@ impl ModelKind {
     }
 }
 
+/// Adam's constants (the learning rate is the run's, per epoch).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdamConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// A configuration value out of its range, named by its flag.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
     pub objective: Objective,
@@ -143,62 +166,66 @@ impl TrainConfig {
     }
 
     /// Checks every value once, before any tensor exists.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(format!("--{name} must be a positive number, got {v}"))
+                Err(InvalidConfig(format!("--{name} must be a positive number, got {v}")))
             }
         };
         if self.epochs == 0 {
-            return Err("--epochs must be at least 1".into());
+            return Err(InvalidConfig("--epochs must be at least 1".into()));
         }
         if self.batch_size < 2 {
-            return Err(format!(
+            return Err(InvalidConfig(format!(
                 "--batch-size must be at least 2 (BatchNorm needs 2 images), got {}",
                 self.batch_size
-            ));
+            )));
         }
         if self.model.hidden < 1 || self.model.hidden > 1024 {
-            return Err(format!(
+            return Err(InvalidConfig(format!(
                 "--hidden must be between 1 and 1024, got {}",
                 self.model.hidden
-            ));
+            )));
         }
         positive("lr", self.lr)?;
         positive("lr-final-ratio", self.lr_final_ratio)?;
         if let Some(decay) = self.ema {
             if !(decay > 0.0 && decay < 1.0) {
-                return Err(format!("--ema must be in (0, 1), got {decay}"));
+                return Err(InvalidConfig(format!("--ema must be in (0, 1), got {decay}")));
             }
         }
         if self.subset == Some(0) {
-            return Err("--subset must be at least 1".into());
+            return Err(InvalidConfig("--subset must be at least 1".into()));
         }
         match &self.objective {
             Objective::Denoiser { sigma } => {
                 if !(sigma.is_finite() && *sigma >= 0.0) {
-                    return Err(format!("--sigma must be a non-negative number, got {sigma}"));
+                    return Err(InvalidConfig(format!(
+                        "--sigma must be a non-negative number, got {sigma}"
+                    )));
                 }
             }
             Objective::Flow { .. } => {}
             Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. } => {
                 if schedule.timesteps < 2 || schedule.timesteps > 10_000 {
-                    return Err(format!(
+                    return Err(InvalidConfig(format!(
                         "--timesteps must be between 2 and 10000, got {}",
                         schedule.timesteps
-                    ));
+                    )));
                 }
                 let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
                 if !ok(schedule.beta_start) || !ok(schedule.beta_end) || schedule.beta_start > schedule.beta_end {
-                    return Err("betas must satisfy 0 < beta_start <= beta_end < 1".into());
+                    return Err(InvalidConfig(
+                        "betas must satisfy 0 < beta_start <= beta_end < 1".into(),
+                    ));
                 }
             }
         }
         if let Objective::Cfg { p_uncond, .. } | Objective::Flow { p_uncond } = self.objective {
             if !(0.0..=1.0).contains(&p_uncond) {
-                return Err(format!("--p-uncond must be in [0, 1], got {p_uncond}"));
+                return Err(InvalidConfig(format!("--p-uncond must be in [0, 1], got {p_uncond}")));
             }
         }
         Ok(())

@@ -11,14 +11,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::atomic_file::sync_dir;
+use crate::io::atomic_file::sync_dir;
 
-/// Weights and BatchNorm buffers.
-pub const MODEL_FILE: &str = "model.safetensors";
-/// Adam moments.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// Epoch, optimizer step, RNG state, loss history and config (JSON); the learning rate follows from the config.
-pub const STATE_FILE: &str = "state.json";
+use super::{MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+
+/// The files every complete checkpoint holds (runs with a weight average add [`super::EMA_FILE`]).
 pub const FILES: [&str; 3] = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
 
 #[derive(Debug, Error)]

@@ -11,10 +11,8 @@ use std::path::Path;
 
 use tch::Tensor;
 
+use crate::io::tensor_file::{self, TensorFileError};
 use crate::model::Model;
-use crate::tensor_io::{self, TensorFileError};
-
-pub const EMA_FILE: &str = "ema.safetensors";
 
 pub struct Ema {
     decay: f64,
@@ -51,11 +49,11 @@ impl Ema {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TensorFileError> {
-        tensor_io::write(path, &self.shadow)
+        tensor_file::write(path, &self.shadow)
     }
 
     pub fn load(&mut self, path: &Path) -> Result<(), TensorFileError> {
-        tensor_io::load_into(path, &self.shadow)
+        tensor_file::load_into(path, &self.shadow)
     }
 
     /// A copy of `model` carrying the averaged weights (for figures and sampling).
