@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::generate::{generate, step_count, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use crate::model::Arch;
 use crate::run::ModelKind;
+use crate::runtime::layout::Layout;
 use crate::runtime::precision::Precision;
 use crate::train::{TrainError, Trainer};
 
@@ -20,6 +21,7 @@ pub struct BenchConfig {
     pub hidden: i64,
     pub batch: usize,
     pub precision: Precision,
+    pub layout: Layout,
     pub warmup: usize,
     pub steps: usize,
     /// Sampler steps timed (extrapolated to a full 300-step DDPM run of 40 digits).
@@ -35,6 +37,7 @@ pub struct BenchRow {
     pub hidden: i64,
     pub batch: usize,
     pub precision: Precision,
+    pub layout: Layout,
     pub threads: usize,
     pub device: String,
     pub train_img_per_s: f64,
@@ -68,6 +71,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
     train_config.model.arch = config.arch;
     train_config.batch_size = config.batch;
     train_config.precision = config.precision;
+    train_config.layout = config.layout;
     let mut trainer = Trainer::in_memory(train_config.clone(), device)?;
     let b = config.batch as i64;
     let x0 = Tensor::rand([b, 1, 28, 28], (Kind::Float, device));
@@ -103,6 +107,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
         hidden: config.hidden,
         batch: config.batch,
         precision: config.precision,
+        layout: config.layout,
         threads: crate::runtime::device::threads(),
         device: crate::runtime::device::describe(device),
         train_img_per_s,

@@ -2,11 +2,11 @@
 
 use clap::Args;
 
-use super::runtime::{resolve_precision, DeviceArgs};
+use super::runtime::{resolve_choice, RuntimeArgs};
 use diffuse::bench::{self, BenchConfig};
 use diffuse::model::Arch;
 use diffuse::run::config::ModelKind;
-use diffuse::runtime::precision::Precision;
+use diffuse::runtime::tuning::Workload;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -22,9 +22,6 @@ pub struct BenchArgs {
     /// Batch size [default: the kind's value in the assignment].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
-    #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
@@ -32,15 +29,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     pub sample_steps: usize,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub runtime: RuntimeArgs,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let device = args.device.resolve()?;
-    let precision = resolve_precision(args.precision, device);
+    let device = args.runtime.device()?;
+    // Training is what the table leads with; give --layout to time sampling in the other one.
+    let choice = resolve_choice(args.runtime.precision, args.runtime.layout, device, Workload::Train);
     let models = if args.model.is_empty() {
         vec![ModelKind::Denoiser, ModelKind::Ddpm, ModelKind::Cfg, ModelKind::Flow]
     } else {
@@ -48,12 +46,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12} {:>13} {:>12} {:>12}",
+            "{:<9} {:<8} {:>4} {:>5} {:>6} {:>13} {:>7} {:>12} {:>13} {:>12} {:>12}",
             "model",
             "arch",
             "D",
             "batch",
             "prec",
+            "layout",
             "threads",
             "train img/s",
             "sample img/s",
@@ -68,7 +67,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             arch: args.arch,
             hidden: args.hidden.unwrap_or(spec.model.hidden),
             batch: args.batch.unwrap_or(spec.batch_size),
-            precision,
+            precision: choice.precision,
+            layout: choice.layout,
             warmup: args.warmup,
             steps: args.steps.max(1),
             sample_steps: args.sample_steps,
@@ -80,12 +80,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let sample = row.sample_img_per_s.map_or("-".to_string(), |v| format!("{v:.3}"));
             let default = row.sample_default_s.map_or("-".to_string(), |v| format!("{v:.1}"));
             println!(
-                "{:<9} {:<8} {:>4} {:>5} {:>6} {:>7} {:>12.1} {:>13} {:>12} {:>12.0}",
+                "{:<9} {:<8} {:>4} {:>5} {:>6} {:>13} {:>7} {:>12.1} {:>13} {:>12} {:>12.0}",
                 row.model,
                 row.arch.name(),
                 row.hidden,
                 row.batch,
                 row.precision.name(),
+                row.layout.name(),
                 row.threads,
                 row.train_img_per_s,
                 sample,

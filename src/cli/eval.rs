@@ -188,7 +188,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         print_rows(&rows);
         return Ok(());
     }
-    let loaded = args.source.load(device)?;
+    let choice = args.runtime.choice(device);
+    let loaded = args.source.load(device, choice.layout)?;
     let class_cond = loaded.config.model.class_cond;
     let request = if class_cond {
         Request::Classes((0..10u8).flat_map(|c| std::iter::repeat_n(c, args.per_digit)).collect())
@@ -199,7 +200,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let base = GenerateOptions {
         spacing: args.spacing,
         seed: args.seed,
-        precision: args.runtime.precision(device),
+        precision: choice.precision,
         ..GenerateOptions::default()
     };
     let mut rows = vec![floor_row(args.per_digit)?];

@@ -8,7 +8,8 @@ use clap::Args;
 use diffuse::data::{self, Split};
 use diffuse::run::{self, RunDir};
 use diffuse::run_figures::RunFigures;
-use diffuse::runtime::device::DeviceChoice;
+
+use super::runtime::DeviceArgs;
 
 #[derive(Args, Debug)]
 pub struct FiguresArgs {
@@ -17,8 +18,8 @@ pub struct FiguresArgs {
     /// Data folder for the test digits [default: $MNIST_DIR, else ./data/mnist].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
@@ -32,7 +33,7 @@ pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
     let mut written = figures.before_training()?;
     for (epoch, _) in run_dir.checkpoints()? {
         if figures.shows_epoch(epoch) {
-            let loaded = run::load(&args.run_dir, Some(epoch), device)?;
+            let loaded = run::load(&args.run_dir, Some(epoch), device, config.layout)?;
             written.extend(
                 figures
                     .model_figures(&loaded.model, epoch)

@@ -9,7 +9,9 @@ use tch::Device;
 
 use diffuse::run::{self, shipped, Loaded};
 use diffuse::runtime::device::{self, DeviceChoice};
+use diffuse::runtime::layout::Layout;
 use diffuse::runtime::precision::Precision;
+use diffuse::runtime::tuning::{self, Choice, Workload};
 
 /// `--device` and `--threads`, flattened into each command.
 #[derive(Args, Debug, Clone, Copy)]
@@ -32,9 +34,14 @@ impl DeviceArgs {
 
 #[derive(Args, Debug)]
 pub struct RuntimeArgs {
-    /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
+    /// Compute precision [default: the faster on this CPU, measured once (bf16 only where the CPU has native bf16);
+    /// fp32 on CUDA].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Memory layout of activations and weights [default: the faster on this CPU, measured with the precision;
+    /// channels-last on CUDA].
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -45,19 +52,25 @@ impl RuntimeArgs {
         self.device.resolve()
     }
 
-    /// The precision for `device` (warning once on stderr when it will be slow there).
-    pub fn precision(&self, device: Device) -> Precision {
-        resolve_precision(self.precision, device)
+    /// The precision and layout to sample on `device` (warning once on stderr when the precision will be slow there).
+    pub fn choice(&self, device: Device) -> Choice {
+        resolve_choice(self.precision, self.layout, device, Workload::Sample)
     }
 }
 
-/// `--precision` resolved for `device`, with the warning for bf16 on a CPU that only emulates it.
-pub fn resolve_precision(requested: Option<Precision>, device: Device) -> Precision {
-    let precision = Precision::resolve(requested, device);
-    if let Some(warning) = precision.slow_here(device) {
+/// `--precision` and `--layout` resolved for `device` and `workload`, with the warning for bf16 on a CPU that only
+/// emulates it.
+pub fn resolve_choice(
+    precision: Option<Precision>,
+    layout: Option<Layout>,
+    device: Device,
+    workload: Workload,
+) -> Choice {
+    let choice = tuning::resolve(precision, layout, device, workload, &diffuse::model::tuning::time_pass);
+    if let Some(warning) = choice.precision.slow_here(device) {
         eprintln!("{warning}");
     }
-    precision
+    choice
 }
 
 /// Which trained model to run: a training run or model folder, or a shipped model by name.
@@ -75,9 +88,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the model onto `device`.
-    pub fn load(&self, device: Device) -> anyhow::Result<Loaded> {
+    /// Loads the model onto `device`, in `layout`.
+    pub fn load(&self, device: Device, layout: Layout) -> anyhow::Result<Loaded> {
         let (source, _) = shipped::resolve(self.run.as_deref(), self.model.as_deref())?;
-        run::load(&source, self.epoch, device).with_context(|| format!("cannot load a model from {}", source.display()))
+        run::load(&source, self.epoch, device, layout)
+            .with_context(|| format!("cannot load a model from {}", source.display()))
     }
 }

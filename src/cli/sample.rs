@@ -71,7 +71,8 @@ const MAX_SAMPLES: usize = 10_000;
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
-    let Loaded { model, config, label } = args.source.load(device)?;
+    let choice = args.runtime.choice(device);
+    let Loaded { model, config, label } = args.source.load(device, choice.layout)?;
     let class_cond = config.model.class_cond;
     let (request, rows, cols) = if class_cond {
         if args.n.is_some() {
@@ -119,7 +120,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         guidance_interval: args.guidance_interval,
         seed: args.seed,
         frame_every: None,
-        precision: args.runtime.precision(device),
+        precision: choice.precision,
     };
     let evaluations = step_count(&config, &options);
     if args.gif.is_some() {
@@ -188,7 +189,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         "{n} samples in {seconds:.2} s ({:.1} img/s) on {}, {}",
         n as f64 / seconds,
         device::describe(device),
-        options.precision.name()
+        choice.describe()
     );
     Ok(())
 }

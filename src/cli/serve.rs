@@ -52,8 +52,9 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
     let (source, name) = shipped::resolve(args.run.as_deref(), args.model.as_deref())?;
-    let loaded =
-        run::load(&source, None, device).with_context(|| format!("cannot load a model from {}", source.display()))?;
+    let choice = args.runtime.choice(device);
+    let loaded = run::load(&source, None, device, choice.layout)
+        .with_context(|| format!("cannot load a model from {}", source.display()))?;
     if matches!(loaded.config.objective, run::Objective::Denoiser { .. }) {
         anyhow::bail!(
             "{} is a one-step denoiser, which does not generate digits; serve a ddpm, cfg or flow model",
@@ -61,10 +62,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "serving {} ({}) on {}",
+        "serving {} ({}) on {}, {}",
         loaded.label,
         loaded.config.objective.name(),
-        device::describe(device)
+        device::describe(device),
+        choice.describe()
     );
     let options = ServeOptions {
         addr: args.addr,
@@ -73,7 +75,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         drain: Duration::from_secs(args.drain_secs),
         rate_limit: args.rate_limit,
         log_format: args.log_format,
-        precision: args.runtime.precision(device),
+        precision: choice.precision,
         device: match device {
             Device::Cuda(i) => format!("cuda:{i}"),
             _ => "cpu".to_string(),

@@ -12,11 +12,13 @@ use diffuse::diffusion::schedule::ScheduleConfig;
 use diffuse::model::Arch;
 use diffuse::run::{ModelKind, Objective, RunDir, TrainConfig};
 use diffuse::runtime::device;
+use diffuse::runtime::layout::Layout;
 use diffuse::runtime::precision::Precision;
+use diffuse::runtime::tuning::{Choice, Workload};
 use diffuse::train::{Faults, Session, Trainer};
 
 use super::progress::Bars;
-use super::runtime::{resolve_precision, DeviceArgs};
+use super::runtime::{resolve_choice, DeviceArgs};
 
 /// The EMA decay of the improved recipe.
 const IMPROVED_EMA_DECAY: f64 = 0.999;
@@ -107,9 +109,14 @@ pub struct CommonArgs {
     pub seed: Option<u64>,
     #[arg(long, value_enum, conflicts_with = "resume")]
     pub dataset: Option<Dataset>,
-    /// Compute precision [default: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32].
+    /// Compute precision [default: the faster on this CPU, measured once (bf16 only where the CPU has native bf16);
+    /// fp32 on CUDA].
     #[arg(long, value_enum, conflicts_with = "resume")]
     pub precision: Option<Precision>,
+    /// Memory layout of activations and weights [default: the faster on this CPU, measured with the precision;
+    /// channels-last on CUDA].
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pub layout: Option<Layout>,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and sample from it; 0 turns
     /// it off [default: 0.999 with --arch improved, else off].
     #[arg(long, value_name = "DECAY", conflicts_with = "resume")]
@@ -205,7 +212,7 @@ impl TrainArgs {
 }
 
 /// The recipe a command line asks for: the assignment's config for the kind, every flag given applied over it,
-/// validated. The precision stays the default until the device is known (see [`train`]).
+/// validated. The precision and layout stay the defaults until the device is known (see [`train`]).
 impl TryFrom<&TrainArgs> for TrainConfig {
     type Error = anyhow::Error;
 
@@ -291,7 +298,8 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
         trainer
     } else {
         let mut config = config;
-        config.precision = resolve_precision(common.precision, device);
+        let choice = resolve_choice(common.precision, common.layout, device, Workload::Train);
+        (config.precision, config.layout) = (choice.precision, choice.layout);
         // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
         let data_dir = config.dataset.resolve_dir(common.data_dir.as_deref());
         test_digits = Some(load_split(&data_dir, Split::Test)?);
@@ -314,7 +322,11 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
         session.images_per_epoch(),
         data_dir.display(),
         device::describe(device),
-        trainer.config.precision.name(),
+        Choice {
+            precision: trainer.config.precision,
+            layout: trainer.config.layout
+        }
+        .describe(),
         trainer.run.path().display()
     );
     session.run(&mut Bars::new())?;

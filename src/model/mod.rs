@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod improved;
+pub mod tuning;
 pub mod unet;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::io::tensor_file::{self, TensorFileError};
-use crate::runtime::layout;
+use crate::runtime::layout::{self, Layout};
 use improved::ImprovedUNet;
 use unet::BasicUNet;
 
@@ -77,6 +78,7 @@ enum Net {
 #[derive(Debug)]
 pub struct Model {
     pub config: UNetConfig,
+    layout: Layout,
     vs: nn::VarStore,
     net: Net,
 }
@@ -86,20 +88,28 @@ impl Model {
     /// `tch::manual_seed` for a reproducible start) and then moves to `device`, so a seed gives the same initial
     /// weights on every device.
     pub fn new(config: &UNetConfig, device: Device) -> Self {
+        Self::with_layout(config, device, Layout::default())
+    }
+
+    /// [`Model::new`] with the weights and activations in `layout`.
+    pub fn with_layout(config: &UNetConfig, device: Device, layout: Layout) -> Self {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let net = match config.arch {
             Arch::Basic => Net::Basic(Box::new(BasicUNet::new(&vs.root(), config))),
             Arch::Improved => Net::Improved(Box::new(ImprovedUNet::new(&vs.root(), config))),
         };
-        // Convolution weights live in channels-last memory, like the activations (see `layout`).
-        for (_, t) in vs.variables() {
-            layout::make_channels_last(&t);
+        // Convolution weights live in the activations' layout (they are created contiguous).
+        if layout == Layout::ChannelsLast {
+            for (_, t) in vs.variables() {
+                layout::make_channels_last(&t);
+            }
         }
         if device != Device::Cpu {
             vs.set_device(device);
         }
         Self {
             config: config.clone(),
+            layout,
             vs,
             net,
         }
@@ -109,7 +119,7 @@ impl Model {
     /// Inputs the config does not use are ignored. `train` selects batch statistics in the basic UNet's
     /// BatchNorm; the improved UNet has no train/eval difference.
     pub fn forward_t(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>, train: bool) -> Tensor {
-        let x = layout::channels_last(x);
+        let x = self.layout.apply(x);
         match &self.net {
             Net::Basic(net) => net.forward_t(&x, t, class, train),
             Net::Improved(net) => net.forward(&x, t, class),
@@ -118,6 +128,10 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Every variable (weights and BatchNorm running statistics), by name, in name order.

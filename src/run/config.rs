@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::data::dataset::Dataset;
 use crate::diffusion::schedule::ScheduleConfig;
 use crate::model::UNetConfig;
+use crate::runtime::layout::Layout;
 use crate::runtime::precision::Precision;
 
 /// What the network learns to predict, and from what.
@@ -90,6 +91,7 @@ impl ModelKind {
             subset: None,
             seed: 0,
             precision: Precision::Fp32,
+            layout: Layout::ChannelsLast,
             ema: None,
         }
     }
@@ -148,6 +150,9 @@ pub struct TrainConfig {
     pub subset: Option<usize>,
     pub seed: u64,
     pub precision: Precision,
+    /// Memory layout of activations and convolution weights (runs from before the choice: channels-last).
+    #[serde(default)]
+    pub layout: Layout,
     /// Decay of an exponential moving average of the weights, used for sampling (None = off).
     #[serde(default)]
     pub ema: Option<f64>,

@@ -29,6 +29,7 @@ use thiserror::Error;
 use crate::io::atomic_file::write_atomic;
 use crate::io::tensor_file::TensorFileError;
 use crate::model::Model;
+use crate::runtime::layout::Layout;
 use crate::runtime::rng::RunRng;
 
 pub use checkpoint::CheckpointError;
@@ -280,12 +281,12 @@ pub struct Loaded {
     pub label: String,
 }
 
-/// Loads a model folder, or a run folder's checkpoint `epoch` (`None` = the newest), for inference. Runs that keep a
-/// weight average sample from it.
-pub fn load(path: &Path, epoch: Option<usize>, device: Device) -> Result<Loaded, RunError> {
+/// Loads a model folder, or a run folder's checkpoint `epoch` (`None` = the newest), for inference on `device` in
+/// `layout`. Runs that keep a weight average sample from it.
+pub fn load(path: &Path, epoch: Option<usize>, device: Device, layout: Layout) -> Result<Loaded, RunError> {
     if is_model_folder(path) {
         let config: TrainConfig = read_json(&path.join(CONFIG_FILE))?;
-        let mut model = Model::new(&config.model, device);
+        let mut model = Model::with_layout(&config.model, device, layout);
         model.load(&path.join(MODEL_FILE))?;
         return Ok(Loaded {
             model,
@@ -294,7 +295,7 @@ pub fn load(path: &Path, epoch: Option<usize>, device: Device) -> Result<Loaded,
         });
     }
     let (epoch, dir, state) = RunDir::new(path).read_state(epoch)?;
-    let mut model = Model::new(&state.config.model, device);
+    let mut model = Model::with_layout(&state.config.model, device, layout);
     let ema = dir.join(EMA_FILE);
     model.load(&if ema.is_file() { ema } else { dir.join(MODEL_FILE) })?;
     Ok(Loaded {

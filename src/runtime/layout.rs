@@ -1,11 +1,44 @@
-//! Channels-last memory layout (NHWC) for images and convolution weights.
+//! The memory layout of images and convolution weights: channels-last (NHWC) or contiguous (NCHW).
 //!
-//! oneDNN (CPU) and cuDNN run convolutions markedly faster on channels-last tensors, in bf16 above all; tch 0.24
-//! has no memory-format API, so the conversion goes through `csrc/libtorch_shim.cpp`. Layout never changes
+//! oneDNN (CPU) and cuDNN often run convolutions faster on channels-last tensors, but not everywhere: PyTorch's own
+//! cfg training step on an Intel Xeon with AVX512-BF16 ran 4% faster channels-last in fp32 and 5% slower in bf16
+//! (README, Performance). So the layout is chosen per machine and per kind of work, with the precision
+//! ([`crate::runtime::tuning`]).
+//! tch 0.24 has no memory-format API, so the conversion goes through `csrc/libtorch_shim.cpp`. Layout never changes
 //! values: saved weights are written contiguous (NCHW) and load into either layout.
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+/// The `--layout` flag.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// NHWC: channels innermost.
+    #[default]
+    ChannelsLast,
+    /// NCHW: libtorch's default.
+    Contiguous,
+}
+
+impl Layout {
+    /// How the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::ChannelsLast => "channels-last",
+            Layout::Contiguous => "contiguous",
+        }
+    }
+
+    /// The same values in this layout (4-D tensors; others are returned as they are).
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Layout::ChannelsLast => channels_last(x),
+            Layout::Contiguous => x.contiguous(),
+        }
+    }
+}
 
 extern "C" {
     fn diffuse_channels_last(tensor: *mut C_tensor) -> *mut C_tensor;

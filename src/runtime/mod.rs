@@ -4,5 +4,5 @@
 pub mod device;
 pub mod layout;
 pub mod precision;
-pub mod precision_choice;
 pub mod rng;
+pub mod tuning;

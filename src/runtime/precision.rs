@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-/// The `--precision` flag.
+/// The `--precision` flag; its default comes from [`crate::runtime::tuning`].
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -18,30 +18,12 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The default for `device` when `--precision` is not given, for training and sampling alike. On a CPU that
-    /// computes bf16 natively (AVX512-BF16 or AMX-BF16) it is whichever of bf16 and fp32 a short measurement found
-    /// faster there ([`crate::runtime::precision_choice`]): bf16 trains 1.9x faster on an AMD EPYC with AVX512-BF16, but
-    /// slower on an Intel Xeon whose AMX is hidden. fp32 elsewhere: emulated bf16 is 7x slower, and on CUDA this
-    /// tool measured no gain from bf16 on an H200.
-    pub fn preferred(device: Device) -> Self {
-        if device == Device::Cpu && cpu_has_native_bf16() {
-            crate::runtime::precision_choice::faster_on_this_cpu()
-        } else {
-            Precision::Fp32
-        }
-    }
-
     /// How the flag spells it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
         }
-    }
-
-    /// The `--precision` flag resolved for `device`: the flag when given, else [`Precision::preferred`].
-    pub fn resolve(requested: Option<Precision>, device: Device) -> Self {
-        requested.unwrap_or_else(|| Self::preferred(device))
     }
 
     /// A one-line warning when this precision will be slow on `device`: bf16 on a CPU that only emulates it.

@@ -58,7 +58,7 @@ impl Ema {
 
     /// A copy of `model` carrying the averaged weights (for figures and sampling).
     pub fn to_model(&self, model: &Model) -> Model {
-        let averaged = Model::new(&model.config, model.device());
+        let averaged = Model::with_layout(&model.config, model.device(), model.layout());
         tch::no_grad(|| {
             for (name, target) in averaged.named_variables() {
                 if let Some(shadow) = self.shadow.get(&name) {

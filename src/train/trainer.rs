@@ -131,7 +131,7 @@ impl Trainer {
         run.create()?;
         run.write_config(&config)?;
         tch::manual_seed(config.seed as i64);
-        let model = Model::new(&config.model, device);
+        let model = Model::with_layout(&config.model, device, config.layout);
         let rng = RunRng::new(config.seed);
         Ok(Self::assemble(config, run, model, rng))
     }
@@ -140,7 +140,7 @@ impl Trainer {
     pub fn in_memory(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
         config.validate()?;
         tch::manual_seed(config.seed as i64);
-        let model = Model::new(&config.model, device);
+        let model = Model::with_layout(&config.model, device, config.layout);
         let rng = RunRng::new(config.seed);
         Ok(Self::assemble(config, RunDir::new(""), model, rng))
     }
@@ -177,7 +177,7 @@ impl Trainer {
                 ),
             });
         }
-        let mut model = Model::new(&state.config.model, device);
+        let mut model = Model::with_layout(&state.config.model, device, state.config.layout);
         model.load(&dir.join(MODEL_FILE))?;
         let mut trainer = Self::assemble(state.config, run, model, state.rng);
         trainer.adam.load(&dir.join(OPTIMIZER_FILE), state.optimizer_step)?;

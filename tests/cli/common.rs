@@ -58,6 +58,10 @@ pub fn tiny(kind: &str, out: &Path, extra: &[&str]) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    // Pinned unless given, like the precision in the byte-exact tests: two runs compare only in the same layout.
+    if !extra.contains(&"--layout") {
+        args.extend(["--layout", "channels-last"].map(String::from));
+    }
     args.extend(
         ["--threads", "2", "--no-figures", "--out"]
             .iter()

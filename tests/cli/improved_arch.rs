@@ -58,3 +58,30 @@ fn improved_trains_with_ema_by_default_samples_and_keeps_its_architecture() {
     assert_eq!(config(&basic)["model"]["arch"], "basic");
     assert_eq!(config(&basic)["ema"], serde_json::Value::Null);
 }
+
+/// The layout a run trains in is printed, recorded in config.json, and kept when the run is resumed and extended.
+#[test]
+fn the_layout_is_printed_recorded_and_kept_on_resume() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("contiguous");
+    let out = run_owned(&tiny(
+        "cfg",
+        &run_dir,
+        &["--layout", "contiguous", "--epochs", "1", "--precision", "fp32"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(", fp32, contiguous, run folder"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(config(&run_dir)["layout"], "contiguous");
+    let resumed = run_owned(&crate::common::resume("cfg", &run_dir, &["--epochs", "2"]));
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains(", fp32, contiguous, run folder"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(config(&run_dir)["layout"], "contiguous");
+}

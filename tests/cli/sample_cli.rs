@@ -220,11 +220,11 @@ fn sampling_uses_the_weight_average_when_a_run_keeps_one() {
     assert_ne!(with_ema, raw, "sampling ignored the weight average");
 }
 
-/// Sampling picks its precision by the same rule as training: fp32 on a CPU without native bf16; on one with it,
-/// whichever a measurement found faster, measured once and cached. An explicit bf16 on a CPU without it is
+/// Sampling picks its precision and layout by the same rule as training: the fastest a measurement found on this CPU,
+/// measured once and cached, timing bf16 only where the CPU has native bf16. An explicit bf16 on a CPU without it is
 /// honoured with one warning. The CPU flags are played by a cpuinfo file, the cache is a fresh folder.
 #[test]
-fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
+fn precision_and_layout_follow_the_cpu_and_a_slow_bf16_is_warned_about() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let avx2 = tmp.path().join("avx2-cpuinfo");
     std::fs::write(&avx2, "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n").expect("write");
@@ -255,28 +255,62 @@ fn precision_follows_the_cpu_and_a_slow_bf16_is_warned_about() {
         stderr(&out)
     };
     let warning = "warning: --precision bf16 on a CPU without native bf16";
+    let cached = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(cache.join("tuning.json")).expect("cached")).expect("json")
+    };
+    // The fastest timing of a record, as the command prints it ("fp32, channels-last").
+    let fastest = |record: &serde_json::Value| -> String {
+        let best = record["timings"]
+            .as_array()
+            .expect("timings")
+            .iter()
+            .min_by(|a, b| a["ms"].as_f64().expect("ms").total_cmp(&b["ms"].as_f64().expect("ms")))
+            .expect("timed");
+        format!(
+            "{}, {}",
+            best["precision"].as_str().expect("p"),
+            best["layout"].as_str().expect("l")
+        )
+    };
     let auto_avx2 = sample(&avx2, &[]);
+    assert!(!auto_avx2.contains(warning));
+    let records = cached();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["native_bf16"], false);
+    let timed: Vec<&str> = records[0]["timings"]
+        .as_array()
+        .expect("timings")
+        .iter()
+        .map(|t| t["precision"].as_str().expect("precision"))
+        .collect();
+    assert_eq!(
+        timed,
+        ["fp32", "fp32"],
+        "only fp32 is timed without native bf16: {records:?}"
+    );
     assert!(
-        auto_avx2.contains("on cpu") && auto_avx2.contains(", fp32"),
+        auto_avx2.contains(&format!(", {}", fastest(&records[0]))),
         "{auto_avx2}"
     );
-    assert!(!auto_avx2.contains(warning));
-    assert!(
-        !cache.join("precision.json").exists(),
-        "no measurement without native bf16"
-    );
-    // Native bf16: measured, cached, and the printed precision is the measured choice (again on the second run).
+    // Native bf16: both precisions timed, cached, and the printed choice is the fastest (again on the second run,
+    // read from the cache).
     let auto_bf16 = sample(&bf16, &[]);
-    let measured: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.join("precision.json")).expect("cached")).expect("json");
-    let choice = measured[0]["choice"].as_str().expect("choice").to_string();
+    let records = cached();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let measured = records
+        .iter()
+        .find(|r| r["native_bf16"] == true)
+        .expect("bf16 record")
+        .clone();
+    assert_eq!(measured["timings"].as_array().expect("timings").len(), 4);
+    let choice = fastest(&measured);
     assert!(auto_bf16.contains(&format!(", {choice}")), "{auto_bf16}\n{measured}");
     assert!(sample(&bf16, &[]).contains(&format!(", {choice}")));
-    let again: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.join("precision.json")).expect("cached")).expect("json");
-    assert_eq!(again, measured, "measured again instead of reading the cache");
+    assert_eq!(cached(), records, "measured again instead of reading the cache");
     let forced = sample(&avx2, &["--precision", "bf16"]);
     assert_eq!(forced.matches(warning).count(), 1, "{forced}");
     assert!(forced.contains("7x slower") && forced.contains(", bf16"), "{forced}");
     assert!(!sample(&bf16, &["--precision", "bf16"]).contains(warning));
+    let forced_layout = sample(&bf16, &["--layout", "contiguous"]);
+    assert!(forced_layout.contains(", contiguous"), "{forced_layout}");
 }

@@ -1,0 +1,225 @@
+//! The fastest precision and memory layout on this CPU, for training and for sampling, measured once and remembered.
+//!
+//! The CPU flags alone do not decide either, and neither does a convolution alone. bf16 autocast on an AMD EPYC with
+//! AVX512-BF16 trains the D=128 denoiser at 44 img/s against 23 in fp32, but on an Intel Xeon whose AMX the hypervisor
+//! hides (avx512_bf16 listed, no amx_bf16) at 20 against 27. On that Xeon the cfg UNet trains about 5% faster
+//! channels-last in fp32 and samples equally fast in both layouts, while a lone convolution block with BatchNorm and
+//! GELU ran twice as fast contiguous (README, Performance). So the first run of each kind of work on a CPU times the
+//! network itself (a
+//! training pass, or a sampling forward pass; [`crate::model::tuning`]) in each layout, in fp32 and, where the flags
+//! list native bf16, in bf16 too, and keeps the fastest. The timings are stored in the cache folder, keyed by CPU
+//! model, thread count, native bf16 and the kind of work, and reused. CUDA takes fp32 channels-last without a
+//! measurement.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::runtime::layout::Layout;
+use crate::runtime::precision::{cpu_has_native_bf16, Precision};
+
+/// A precision and a layout: how the network runs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Choice {
+    pub precision: Precision,
+    pub layout: Layout,
+}
+
+impl Choice {
+    /// e.g. "fp32, channels-last".
+    pub fn describe(self) -> String {
+        format!("{}, {}", self.precision.name(), self.layout.name())
+    }
+}
+
+/// One timed setting.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    pub precision: Precision,
+    pub layout: Layout,
+    /// Best time of one forward and backward pass, milliseconds.
+    pub ms: f64,
+}
+
+/// The kind of work a choice is for: the two run different kernels (backward, BatchNorm in training mode).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Train,
+    Sample,
+}
+
+/// Times one pass of `workload` in a precision and layout, in milliseconds.
+pub type Timer<'a> = &'a dyn Fn(Workload, Choice) -> f64;
+
+/// What one measurement found (the cache file holds one per CPU model, thread count, native bf16 and workload).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Measured {
+    pub cpu: String,
+    pub threads: usize,
+    pub native_bf16: bool,
+    pub workload: Workload,
+    pub timings: Vec<Timing>,
+}
+
+impl Measured {
+    /// The fastest timed setting among those matching the given precision and layout (`None` = any).
+    pub fn best(&self, precision: Option<Precision>, layout: Option<Layout>) -> Option<Choice> {
+        self.timings
+            .iter()
+            .filter(|t| precision.is_none_or(|p| p == t.precision) && layout.is_none_or(|l| l == t.layout))
+            .min_by(|a, b| a.ms.total_cmp(&b.ms))
+            .map(|t| Choice {
+                precision: t.precision,
+                layout: t.layout,
+            })
+    }
+}
+
+/// The flags resolved for `device` and `workload`: each one given wins; the rest come from the fastest setting
+/// measured on this CPU (with `timer`, when nothing is cached) that agrees with the given ones (fp32 channels-last on
+/// CUDA).
+pub fn resolve(
+    precision: Option<Precision>,
+    layout: Option<Layout>,
+    device: Device,
+    workload: Workload,
+    timer: Timer,
+) -> Choice {
+    let fallback = Choice {
+        precision: precision.unwrap_or_default(),
+        layout: layout.unwrap_or_default(),
+    };
+    if device != Device::Cpu || (precision.is_some() && layout.is_some()) {
+        return fallback;
+    }
+    measured_on_this_cpu(workload, timer)
+        .best(precision, layout)
+        .unwrap_or(fallback)
+}
+
+/// This CPU's timings for `workload`, from the cache or measured now with `timer` (and cached).
+pub fn measured_on_this_cpu(workload: Workload, timer: Timer) -> Measured {
+    let (cpu, threads, native_bf16) = (cpu_model(), crate::runtime::device::threads(), cpu_has_native_bf16());
+    let path = cache_file();
+    // A missing or unreadable cache only costs the measurement again.
+    let mut known: Vec<Measured> = path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let key =
+        |m: &Measured| m.cpu == cpu && m.threads == threads && m.native_bf16 == native_bf16 && m.workload == workload;
+    if let Some(hit) = known.iter().find(|m| key(m)) {
+        return hit.clone();
+    }
+    let measured = measure(cpu, threads, native_bf16, workload, timer);
+    tracing::info!(?measured, "measured the fastest precision and layout on this CPU");
+    known.push(measured.clone());
+    if let Some(path) = path {
+        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            let text = serde_json::to_string_pretty(&known).map_err(std::io::Error::other)?;
+            crate::io::atomic_file::write_atomic(&path, text.as_bytes())
+        });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cache the tuning measurement");
+        }
+    }
+    measured
+}
+
+/// `$DIFFUSE_CACHE/tuning.json`, else under `$XDG_CACHE_HOME/diffuse` or `~/.cache/diffuse` (where
+/// scripts/env.sh keeps its venv).
+pub fn cache_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("DIFFUSE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("diffuse")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/diffuse")))?;
+    Some(dir.join("tuning.json"))
+}
+
+/// The CPU's model name from /proc/cpuinfo (or the file named by `DIFFUSE_CPUINFO`).
+fn cpu_model() -> String {
+    let path = std::env::var_os("DIFFUSE_CPUINFO").unwrap_or_else(|| "/proc/cpuinfo".into());
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Times `workload` in every precision and layout that applies: both layouts, fp32 and, with native bf16, bf16.
+fn measure(cpu: String, threads: usize, native_bf16: bool, workload: Workload, timer: Timer) -> Measured {
+    let precisions: &[Precision] = if native_bf16 {
+        &[Precision::Fp32, Precision::Bf16]
+    } else {
+        &[Precision::Fp32]
+    };
+    let mut timings = Vec::new();
+    for &layout in &[Layout::ChannelsLast, Layout::Contiguous] {
+        for &precision in precisions {
+            let ms = timer(workload, Choice { precision, layout });
+            timings.push(Timing { precision, layout, ms });
+        }
+    }
+    Measured {
+        cpu,
+        threads,
+        native_bf16,
+        workload,
+        timings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timer that makes contiguous fp32 the fastest for training and channels-last bf16 for sampling.
+    fn fake(workload: Workload, c: Choice) -> f64 {
+        match (workload, c.precision, c.layout) {
+            (Workload::Train, Precision::Fp32, Layout::Contiguous) => 10.0,
+            (Workload::Sample, Precision::Bf16, Layout::ChannelsLast) => 10.0,
+            (_, Precision::Fp32, _) => 20.0,
+            (_, Precision::Bf16, _) => 30.0,
+        }
+    }
+
+    /// Every precision and layout that applies is timed, the best is the fastest of them, also when one of the two is
+    /// fixed, and the record survives the cache's JSON (the cache itself is exercised end to end in
+    /// tests/cli/sample_cli.rs, the real timer in src/model/tuning.rs).
+    #[test]
+    fn times_every_setting_keeps_the_fastest_and_round_trips() {
+        let train = measure("test CPU".into(), 2, true, Workload::Train, &fake);
+        assert_eq!(train.timings.len(), 4, "{train:?}");
+        let choice = |precision, layout| Some(Choice { precision, layout });
+        assert_eq!(train.best(None, None), choice(Precision::Fp32, Layout::Contiguous));
+        assert_eq!(
+            train.best(Some(Precision::Bf16), None),
+            choice(Precision::Bf16, Layout::ChannelsLast)
+        );
+        assert_eq!(
+            train.best(None, Some(Layout::ChannelsLast)),
+            choice(Precision::Fp32, Layout::ChannelsLast)
+        );
+        let sample = measure("test CPU".into(), 2, true, Workload::Sample, &fake);
+        assert_eq!(sample.best(None, None), choice(Precision::Bf16, Layout::ChannelsLast));
+        let text = serde_json::to_string(&vec![train.clone()]).expect("json");
+        let back: Vec<Measured> = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, vec![train]);
+    }
+
+    #[test]
+    fn without_native_bf16_only_fp32_is_timed() {
+        let m = measure("test CPU".into(), 1, false, Workload::Sample, &fake);
+        assert!(m.timings.iter().all(|t| t.precision == Precision::Fp32), "{m:?}");
+        assert_eq!(m.timings.len(), 2);
+        assert_eq!(m.best(Some(Precision::Bf16), None), None);
+        assert_eq!(m.best(None, None).map(|c| c.precision), Some(Precision::Fp32));
+    }
+}
