@@ -1,31 +1,24 @@
 //! `diffuse data download|check`.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use diffuse::data;
+
+use super::runtime::DataArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Download the four MNIST files, verifying each against its MD5 (retrying the next mirror on failure).
     Download(DownloadArgs),
     /// Verify a data folder and print what it holds.
-    Check(DirArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct DirArgs {
-    /// Data folder [default: $MNIST_DIR, else ./data/mnist].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    Check(DataArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: DataArgs,
     /// Mirror base URL, tried in the order given (repeatable) [default: the public MNIST mirrors].
     #[arg(long = "mirror", value_name = "URL")]
     pub mirrors: Vec<String>,

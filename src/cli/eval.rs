@@ -17,7 +17,7 @@ use diffuse::generate::{parse_guidance_interval, GenerateOptions, Request, Sampl
 use diffuse::run::shipped;
 use diffuse::sampler::levels::Spacing;
 
-use super::runtime::{DeviceArgs, ModelArgs, RuntimeArgs};
+use super::runtime::{DataArgs, DeviceArgs, ModelArgs, RuntimeArgs};
 
 /// Where the shipped classifier lives.
 pub const DEFAULT_CLASSIFIER: &str = "mnist-classifier";
@@ -34,9 +34,8 @@ pub struct ClassifierArgs {
     /// Output folder (model.safetensors + classifier.json).
     #[arg(long, default_value = "runs/classifier")]
     pub out: PathBuf,
-    /// Data folder [default: $MNIST_DIR, else ./data/mnist].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -46,7 +45,7 @@ pub fn train_classifier(args: ClassifierArgs) -> anyhow::Result<()> {
         bail!("--epochs must be at least 1");
     }
     let device = args.device.resolve()?;
-    let dir = data::resolve_data_dir(args.data_dir.as_deref());
+    let dir = data::resolve_data_dir(args.data.data_dir.as_deref());
     let mut train = data::load(&dir, Split::Train)?;
     if let Some(n) = args.subset {
         train = train.subset(n.max(1));
@@ -127,9 +126,8 @@ pub struct EvalArgs {
     /// Classifier folder [default: the shipped models/mnist-classifier].
     #[arg(long)]
     pub classifier: Option<PathBuf>,
-    /// Data folder for the MNIST test (reference) and training (floor) sets [default: $MNIST_DIR, else ./data/mnist].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -155,7 +153,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     };
     let classifier = Classifier::load(&classifier_dir, device)
         .with_context(|| format!("cannot load the classifier from {}", classifier_dir.display()))?;
-    let data_dir = data::resolve_data_dir(args.data_dir.as_deref());
+    let data_dir = data::resolve_data_dir(args.data.data_dir.as_deref());
     let reference = protocol::reference(&classifier, &data::load(&data_dir, Split::Test)?)?;
     let train = data::load(&data_dir, Split::Train)?;
     let floor_row = |per_digit: usize| -> anyhow::Result<Row> {

@@ -9,15 +9,14 @@ use diffuse::data::{self, Split};
 use diffuse::run::{self, RunDir};
 use diffuse::run_figures::RunFigures;
 
-use super::runtime::DeviceArgs;
+use super::runtime::{DataArgs, DeviceArgs};
 
 #[derive(Args, Debug)]
 pub struct FiguresArgs {
     /// The run folder.
     pub run_dir: PathBuf,
-    /// Data folder for the test digits [default: $MNIST_DIR, else ./data/mnist].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -27,7 +26,7 @@ pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
     let run_dir = RunDir::new(&args.run_dir);
     let (_, _, state) = run_dir.read_state(None)?;
     let config = state.config;
-    let data_dir = config.dataset.resolve_dir(args.data_dir.as_deref());
+    let data_dir = config.dataset.resolve_dir(args.data.data_dir.as_deref());
     let test = data::load(&data_dir, Split::Test)?;
     let figures = RunFigures::new(&args.run_dir, &config, &test);
     let mut written = figures.before_training()?;

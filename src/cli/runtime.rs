@@ -73,6 +73,14 @@ pub fn resolve_choice(
     choice
 }
 
+/// `--data-dir`, flattened into each command that reads the dataset.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data folder [default: $MNIST_DIR, else ./data/mnist].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
 /// Which trained model to run: a training run or model folder, or a shipped model by name.
 #[derive(Args, Debug)]
 pub struct ModelArgs {

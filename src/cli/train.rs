@@ -18,7 +18,7 @@ use diffuse::runtime::tuning::{Choice, Workload};
 use diffuse::train::{Faults, Session, Trainer};
 
 use super::progress::Bars;
-use super::runtime::{resolve_choice, DeviceArgs};
+use super::runtime::{resolve_choice, DataArgs, DeviceArgs};
 
 /// The EMA decay of the improved recipe.
 const IMPROVED_EMA_DECAY: f64 = 0.999;
@@ -121,9 +121,8 @@ pub struct CommonArgs {
     /// it off [default: 0.999 with --arch improved, else off].
     #[arg(long, value_name = "DECAY", conflicts_with = "resume")]
     pub ema: Option<f64>,
-    /// Data folder [default: $MNIST_DIR, else ./data/mnist].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Skip drawing figures after epochs.
@@ -301,14 +300,14 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
         let choice = resolve_choice(common.precision, common.layout, device, Workload::Train);
         (config.precision, config.layout) = (choice.precision, choice.layout);
         // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
-        let data_dir = config.dataset.resolve_dir(common.data_dir.as_deref());
+        let data_dir = config.dataset.resolve_dir(common.data.data_dir.as_deref());
         test_digits = Some(load_split(&data_dir, Split::Test)?);
         let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, RunDir::new(run_dir), device)?
     };
     trainer.faults = common.faults.faults();
 
-    let data_dir = trainer.config.dataset.resolve_dir(common.data_dir.as_deref());
+    let data_dir = trainer.config.dataset.resolve_dir(common.data.data_dir.as_deref());
     let train_digits = load_split(&data_dir, Split::Train)?;
     let test_digits = match test_digits {
         Some(digits) => digits,
