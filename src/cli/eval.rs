@@ -102,7 +102,8 @@ pub struct EvalArgs {
     /// Guidance scale(s), comma-separated [default: the model's; with --sweep: 1,2,3,5].
     #[arg(long, value_delimiter = ',')]
     pub guidance: Vec<f64>,
-    /// Guidance interval(s) LO,HI in normalized time (repeatable; `all` = guide at every step) [default: all].
+    /// Guidance interval(s) LO,HI in normalized time (repeatable; `all` = guide at every step) [default: the model's;
+    /// with --sweep: all].
     #[arg(long, value_name = "LO,HI")]
     pub guidance_interval: Vec<String>,
     /// Where dpmpp-2m places its timesteps [default: trailing].
@@ -260,7 +261,7 @@ fn settings(args: &EvalArgs, objective: &diffuse::run::Objective, class_cond: bo
         });
     }
     if intervals.is_empty() {
-        intervals.push(None);
+        intervals.push(if args.sweep { None } else { defaults.guidance_interval });
     }
     Ok(protocol::grid(&samplers, &guidances, &intervals))
 }

@@ -49,7 +49,7 @@ pub struct SampleArgs {
     #[arg(long, value_enum)]
     pub spacing: Option<Spacing>,
     /// Guide only at normalized times LO..HI (0 = data, 1 = pure noise), e.g. 0.2,0.8; the conditional prediction
-    /// alone elsewhere [default: guide at every step].
+    /// alone elsewhere. `all` guides at every step [default: the model's, README Sampling].
     #[arg(long, value_name = "LO,HI", value_parser = parse_guidance_interval)]
     pub guidance_interval: Option<(f64, f64)>,
     #[arg(long, default_value_t = 0)]
@@ -117,7 +117,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         steps: args.steps,
         spacing: args.spacing.unwrap_or_default(),
         guidance: args.guidance.unwrap_or(defaults.guidance),
-        guidance_interval: args.guidance_interval,
+        guidance_interval: args.guidance_interval.or(defaults.guidance_interval),
         seed: args.seed,
         frame_every: None,
         precision: choice.precision,

@@ -55,6 +55,9 @@ impl Default for GenerateOptions {
 
 /// Parses a guidance interval `LO,HI` with 0 <= LO <= HI <= 1 (the `--guidance-interval` flag and the API).
 pub fn parse_guidance_interval(text: &str) -> Result<(f64, f64), GenerateError> {
+    if text.trim() == "all" {
+        return Ok((0.0, 1.0));
+    }
     let bad = || GenerateError::BadGuidanceInterval(text.chars().take(40).collect());
     let (lo, hi) = text.split_once(',').ok_or_else(bad)?;
     let lo: f64 = lo.trim().parse().map_err(|_| bad())?;

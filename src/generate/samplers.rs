@@ -111,6 +111,8 @@ pub struct SampleDefaults {
     pub steps: usize,
     /// Guidance scale for class-conditioned models.
     pub guidance: f64,
+    /// Guide only at normalized times in [lo, hi] (1 = pure noise); None = at every step.
+    pub guidance_interval: Option<(f64, f64)>,
 }
 
 impl SampleDefaults {
@@ -119,12 +121,14 @@ impl SampleDefaults {
         sampler: SamplerKind::DpmPP2MSde,
         steps: 10,
         guidance: 2.0,
+        guidance_interval: None,
     };
     /// For rectified-flow models.
     pub const FLOW: Self = Self {
         sampler: SamplerKind::Heun,
         steps: 10,
         guidance: 2.0,
+        guidance_interval: None,
     };
 
     pub fn for_objective(objective: &Objective) -> Self {
@@ -148,6 +152,7 @@ impl SampleDefaults {
             sampler: Some(self.sampler),
             steps: Some(self.steps),
             guidance: self.guidance,
+            guidance_interval: self.guidance_interval,
             ..GenerateOptions::default()
         }
     }

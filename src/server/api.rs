@@ -53,6 +53,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
         "default_sampler": defaults.sampler,
         "default_steps": defaults.steps,
         "default_guidance": defaults.guidance,
+        "default_guidance_interval": defaults.guidance_interval,
         "timesteps": c.objective.schedule().map(|s| s.timesteps),
         "epochs": c.epochs,
         "dataset": c.dataset,

@@ -65,7 +65,7 @@ pub struct GenerateQuery {
     #[param(value_type = Option<f64>, minimum = 0, maximum = 20)]
     pub guidance: Option<String>,
     /// Guide only at normalized times LO..HI (`LO,HI`, 0 <= LO <= HI <= 1, 1 = pure noise); the conditional
-    /// prediction alone elsewhere [default: guide at every step].
+    /// prediction alone elsewhere; `all` guides at every step [default: the model's, README Sampling].
     #[param(example = "0.2,0.8")]
     pub guidance_interval: Option<String>,
     /// `ddpm`, `ddim`, `dpmpp-2m` or `dpmpp-2m-sde` for diffusion models, `euler`, `heun` or `midpoint` for flow
@@ -126,7 +126,7 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
         )));
     }
     let guidance_interval = match raw.guidance_interval.as_deref() {
-        None | Some("") => None,
+        None | Some("") => defaults.guidance_interval,
         Some(v) => Some(parse_guidance_interval(v).map_err(|e| InvalidQuery(e.to_string()))?),
     };
     let sampler = match raw.sampler.as_deref() {
@@ -301,7 +301,12 @@ mod tests {
         }
         let p = parse(&pairs(&[("guidance_interval", "0.2,0.8")]), &cfg).expect("interval");
         assert_eq!(p.guidance_interval, Some((0.2, 0.8)));
-        assert_eq!(parse(&pairs(&[]), &cfg).expect("default").guidance_interval, None);
+        assert_eq!(
+            parse(&pairs(&[]), &cfg).expect("default").guidance_interval,
+            SampleDefaults::DIFFUSION.guidance_interval
+        );
+        let all = parse(&pairs(&[("guidance_interval", "all")]), &cfg).expect("all");
+        assert_eq!(all.guidance_interval, Some((0.0, 1.0)));
         for bad in ["0.8,0.2", "0.5", "-1,0.5", "0,2"] {
             let err = parse(&pairs(&[("guidance_interval", bad)]), &cfg).expect_err(bad);
             assert!(err.contains("0 <= LO <= HI <= 1"), "{err}");
