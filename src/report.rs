@@ -73,7 +73,8 @@ fn section(out: &mut String, id: &str, run: &RunDir, state: &CheckpointState) ->
             "learning rate".into(),
             format!("{} decaying to {}", config.lr, config.lr * config.lr_final_ratio),
         ),
-        ("precision".into(), format!("{:?}", config.precision).to_lowercase()),
+        ("precision".into(), config.precision.name().to_string()),
+        ("layout".into(), config.layout.name().to_string()),
         ("seed".into(), config.seed.to_string()),
         (
             "weight average (EMA)".into(),
@@ -114,7 +115,7 @@ fn section(out: &mut String, id: &str, run: &RunDir, state: &CheckpointState) ->
         out.push_str("</table>");
     }
     out.push_str("<h3>Figures</h3>");
-    let figures = run.figure_files();
+    let figures = run.figure_files()?;
     if figures.is_empty() {
         out.push_str("<p>No figures (trained with --no-figures? run <code>diffuse figures RUN_DIR</code>).</p>");
     }

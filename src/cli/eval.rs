@@ -187,8 +187,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         print_rows(&rows);
         return Ok(());
     }
+    let source = args.source.source()?;
     let choice = args.runtime.choice(device);
-    let loaded = args.source.load(device, choice.layout)?;
+    let loaded = args.source.load(&source, device, choice.layout)?;
     let class_cond = loaded.config.model.class_cond;
     let request = if class_cond {
         Request::Classes((0..10u8).flat_map(|c| std::iter::repeat_n(c, args.per_digit)).collect())

@@ -28,7 +28,7 @@ pub fn run(args: FiguresArgs) -> anyhow::Result<()> {
     let config = state.config;
     let data_dir = config.dataset.resolve_dir(args.data.data_dir.as_deref());
     let test = data::load(&data_dir, Split::Test)?;
-    let figures = RunFigures::new(&args.run_dir, &config, &test);
+    let figures = RunFigures::new(&run_dir, &config, &test);
     let mut written = figures.before_training()?;
     for (epoch, _) in run_dir.checkpoints()? {
         if figures.shows_epoch(epoch) {

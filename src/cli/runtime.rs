@@ -36,11 +36,11 @@ impl DeviceArgs {
 pub struct RuntimeArgs {
     /// Compute precision [default: the faster on this CPU, measured once (bf16 only where the CPU has native bf16);
     /// fp32 on CUDA].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "DIFFUSE_PRECISION")]
     pub precision: Option<Precision>,
     /// Memory layout of activations and weights [default: the faster on this CPU, measured with the precision;
     /// channels-last on CUDA].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "DIFFUSE_LAYOUT")]
     pub layout: Option<Layout>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -96,10 +96,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the model onto `device`, in `layout`.
-    pub fn load(&self, device: Device, layout: Layout) -> anyhow::Result<Loaded> {
-        let (source, _) = shipped::resolve(self.run.as_deref(), self.model.as_deref())?;
-        run::load(&source, self.epoch, device, layout)
+    /// The folder to load: the run or model folder, or the shipped model's (an unknown name is refused here).
+    pub fn source(&self) -> anyhow::Result<PathBuf> {
+        Ok(shipped::resolve(self.run.as_deref(), self.model.as_deref())?.0)
+    }
+
+    /// Loads `source` (from [`ModelArgs::source`]) onto `device`, in `layout`.
+    pub fn load(&self, source: &std::path::Path, device: Device, layout: Layout) -> anyhow::Result<Loaded> {
+        run::load(source, self.epoch, device, layout)
             .with_context(|| format!("cannot load a model from {}", source.display()))
     }
 }

@@ -71,8 +71,9 @@ const MAX_SAMPLES: usize = 10_000;
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
+    let source = args.source.source()?;
     let choice = args.runtime.choice(device);
-    let Loaded { model, config, label } = args.source.load(device, choice.layout)?;
+    let Loaded { model, config, label } = args.source.load(&source, device, choice.layout)?;
     let class_cond = config.model.class_cond;
     let (request, rows, cols) = if class_cond {
         if args.n.is_some() {

@@ -186,8 +186,9 @@ impl CommonArgs {
         c.lr_final_ratio = self.lr_final_ratio.unwrap_or(c.lr_final_ratio);
         c.subset = self.subset;
         c.seed = self.seed.unwrap_or(c.seed);
-        // Filled in by `train` once the device is known, unless given.
+        // When not given, `train` fills these in from the per-machine measurement once the device is known.
         c.precision = self.precision.unwrap_or(c.precision);
+        c.layout = self.layout.unwrap_or(c.layout);
         c.model.arch = self.arch.unwrap_or(c.model.arch);
         c.ema = match self.ema {
             Some(0.0) => None,
@@ -211,7 +212,7 @@ impl TrainArgs {
 }
 
 /// The recipe a command line asks for: the assignment's config for the kind, every flag given applied over it,
-/// validated. The precision and layout stay the defaults until the device is known (see [`train`]).
+/// validated. A precision or layout not given is chosen by [`train`] once the device is known.
 impl TryFrom<&TrainArgs> for TrainConfig {
     type Error = anyhow::Error;
 
@@ -297,11 +298,12 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
         trainer
     } else {
         let mut config = config;
-        let choice = resolve_choice(common.precision, common.layout, device, Workload::Train);
-        (config.precision, config.layout) = (choice.precision, choice.layout);
-        // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind.
+        // Read the data before a run folder exists, so a wrong --data-dir leaves nothing behind (and costs no
+        // measurement).
         let data_dir = config.dataset.resolve_dir(common.data.data_dir.as_deref());
         test_digits = Some(load_split(&data_dir, Split::Test)?);
+        let choice = resolve_choice(common.precision, common.layout, device, Workload::Train);
+        (config.precision, config.layout) = (choice.precision, choice.layout);
         let run_dir = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(kind));
         Trainer::create(config, RunDir::new(run_dir), device)?
     };

@@ -48,6 +48,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const LOSSES_FILE: &str = "losses.csv";
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const FIGURES_DIR: &str = "figures";
+/// The loss curve in `figures/`, first in the report.
+pub const LOSS_FIGURE: &str = "loss.png";
 /// The exact command that trained a shipped model (model folders).
 pub const COMMAND_FILE: &str = "command.txt";
 
@@ -225,17 +227,27 @@ impl RunDir {
     }
 
     /// The PNG and GIF files in `figures/`, the loss curve first, then by name (epoch figures sort by their
-    /// zero-padded epoch).
-    pub fn figure_files(&self) -> Vec<PathBuf> {
-        let mut figures: Vec<PathBuf> = std::fs::read_dir(self.figures_dir())
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "gif")))
-            .collect();
-        figures.sort_by_key(|p| (p.file_name().is_none_or(|n| n != "loss.png"), p.clone()));
-        figures
+    /// zero-padded epoch); none when the run has no `figures/`.
+    pub fn figure_files(&self) -> Result<Vec<PathBuf>, RunError> {
+        let dir = self.figures_dir();
+        let unreadable = |e: std::io::Error| RunError::Read {
+            path: dir.clone(),
+            message: e.to_string(),
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unreadable(e)),
+        };
+        let mut figures = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(unreadable)?.path();
+            if matches!(path.extension().and_then(|e| e.to_str()), Some("png" | "gif")) {
+                figures.push(path);
+            }
+        }
+        figures.sort_by_key(|p| (p.file_name().is_none_or(|n| n != LOSS_FIGURE), p.clone()));
+        Ok(figures)
     }
 }
 

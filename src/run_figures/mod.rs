@@ -15,7 +15,7 @@ use crate::data::{digits_to_tensor, labels_to_tensor};
 use crate::figures::plot::{line_plot, Series};
 use crate::figures::FigureError;
 use crate::model::Model;
-use crate::run::{Objective, TrainConfig, FIGURES_DIR};
+use crate::run::{Objective, RunDir, TrainConfig, LOSS_FIGURE};
 
 /// Seed offset of the figure noise stream.
 const FIGURE_SEED: u64 = 0x05ee_df16;
@@ -30,9 +30,9 @@ pub struct RunFigures {
 }
 
 impl RunFigures {
-    pub fn new(run_dir: &Path, config: &TrainConfig, test: &Digits) -> Self {
+    pub fn new(run: &RunDir, config: &TrainConfig, test: &Digits) -> Self {
         Self {
-            dir: run_dir.join(FIGURES_DIR),
+            dir: run.figures_dir(),
             config: config.clone(),
             test_images: digits_to_tensor(test),
             test_labels: labels_to_tensor(test),
@@ -90,7 +90,7 @@ impl RunFigures {
             .enumerate()
             .map(|(i, &l)| ((i + 1) as f64, l as f64))
             .collect();
-        let path = self.dir.join("loss.png");
+        let path = self.dir.join(LOSS_FIGURE);
         let title = format!(
             "{} training loss (D={})",
             self.config.objective.name(),

@@ -5,7 +5,8 @@
 //! (README, Performance). So the layout is chosen per machine and per kind of work, with the precision
 //! ([`crate::runtime::tuning`]).
 //! tch 0.24 has no memory-format API, so the conversion goes through `csrc/libtorch_shim.cpp`. Layout never changes
-//! values: saved weights are written contiguous (NCHW) and load into either layout.
+//! stored values: saved weights are written contiguous (NCHW) and load into either layout. Computed values may differ
+//! in their last bits between layouts (other kernels), so byte-exact comparisons hold within one layout.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;

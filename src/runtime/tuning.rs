@@ -38,7 +38,7 @@ impl Choice {
 pub struct Timing {
     pub precision: Precision,
     pub layout: Layout,
-    /// Best time of one forward and backward pass, milliseconds.
+    /// Best time of one pass (training: forward and backward; sampling: forward), milliseconds.
     pub ms: f64,
 }
 
@@ -99,10 +99,15 @@ pub fn resolve(
         .unwrap_or(fallback)
 }
 
-/// This CPU's timings for `workload`, from the cache or measured now with `timer` (and cached).
+/// This CPU's timings for `workload`, from the cache or measured now with `timer` (and cached). Processes that start
+/// together take turns through a lock file, so the first measures and the others read its record: every process on
+/// a machine makes the same choice.
 pub fn measured_on_this_cpu(workload: Workload, timer: Timer) -> Measured {
     let (cpu, threads, native_bf16) = (cpu_model(), crate::runtime::device::threads(), cpu_has_native_bf16());
     let path = cache_file();
+    // Held until this function returns. Without a writable cache folder there is no lock and no cache: each process
+    // measures for itself.
+    let _lock = path.as_deref().and_then(lock_beside);
     // A missing or unreadable cache only costs the measurement again.
     let mut known: Vec<Measured> = path
         .as_ref()
@@ -127,6 +132,20 @@ pub fn measured_on_this_cpu(workload: Workload, timer: Timer) -> Measured {
         }
     }
     measured
+}
+
+/// An exclusive lock on `path`.lock (created with its folder when missing); None when that cannot be had.
+fn lock_beside(path: &std::path::Path) -> Option<std::fs::File> {
+    let lock_path = path.with_extension("lock");
+    lock_path.parent().map(std::fs::create_dir_all)?.ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
 }
 
 /// `$DIFFUSE_CACHE/tuning.json`, else under `$XDG_CACHE_HOME/diffuse` or `~/.cache/diffuse` (where

@@ -22,7 +22,7 @@ impl Session {
     /// `figures` false skips drawing (`--no-figures`).
     pub fn new(trainer: Trainer, train: &Digits, test: Digits, figures: bool) -> Self {
         let data = TrainData::new(train, trainer.device());
-        let figures = figures.then(|| RunFigures::new(trainer.run.path(), &trainer.config, &test));
+        let figures = figures.then(|| RunFigures::new(&trainer.run, &trainer.config, &test));
         Self {
             trainer,
             data,

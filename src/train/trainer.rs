@@ -16,7 +16,9 @@ use crate::io::tensor_file::TensorFileError;
 use crate::model::Model;
 use crate::run::checkpoint::{self, WriteError};
 use crate::run::config::InvalidConfig;
-use crate::run::{CheckpointState, RunDir, RunError, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE};
+use crate::run::{
+    CheckpointError, CheckpointState, RunDir, RunError, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
+};
 use crate::runtime::precision::autocast;
 use crate::runtime::rng::RunRng;
 
@@ -119,14 +121,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Starts a new run in `run_dir`, refusing a folder that already holds checkpoints.
+    /// Starts a new run in the folder `run`, refusing one that already holds checkpoints or whose checkpoints cannot
+    /// be read.
     pub fn create(config: TrainConfig, run: RunDir, device: Device) -> Result<Self, TrainError> {
         config.validate()?;
-        if let Ok((epoch, _)) = run.latest_checkpoint() {
-            return Err(TrainError::Exists {
-                run: run.path().display().to_string(),
-                epoch,
-            });
+        match run.latest_checkpoint() {
+            Ok((epoch, _)) => {
+                return Err(TrainError::Exists {
+                    run: run.path().display().to_string(),
+                    epoch,
+                })
+            }
+            Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => {}
+            Err(e) => return Err(e.into()),
         }
         run.create()?;
         run.write_config(&config)?;
@@ -164,7 +171,7 @@ impl Trainer {
         }
     }
 
-    /// Continues the run in `run_dir` from its newest complete checkpoint. `expected_kind` is the objective the
+    /// Continues the run in the folder `run` from its newest complete checkpoint. `expected_kind` is the objective the
     /// caller asked for ("ddpm", ...); a run of another kind is refused.
     pub fn resume(run: RunDir, expected_kind: &str, device: Device) -> Result<Self, TrainError> {
         let (_, dir, state) = run.read_state(None)?;

@@ -18,8 +18,14 @@ pub fn mnist_dir() -> PathBuf {
 /// because the machine has one (tests/cli/gpu.rs is the GPU test).
 pub fn diffuse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffuse"));
+    // The per-machine precision and layout measurement is cached for the test processes only, never in the
+    // developer's own cache (a test that checks the cache sets its own folder).
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("diffuse-cache");
     cmd.env("MNIST_DIR", mnist_dir())
         .env("DIFFUSE_DEVICE", "cpu")
+        .env("DIFFUSE_CACHE", cache)
+        .env_remove("DIFFUSE_PRECISION")
+        .env_remove("DIFFUSE_LAYOUT")
         .env_remove("RUST_LOG");
     cmd
 }
