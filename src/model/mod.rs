@@ -171,6 +171,36 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
+
+    /// The chosen layout is the weights' and the activations': channels-last lays every 4-D weight out NHWC,
+    /// contiguous none, and the two compute the same outputs up to rounding.
+    #[test]
+    fn the_layout_is_the_weights_and_the_outputs_agree() {
+        let config = UNetConfig::new(8, true, true);
+        let lay = |layout| {
+            tch::manual_seed(5);
+            Model::with_layout(&config, Device::Cpu, layout)
+        };
+        let (nhwc, nchw) = (lay(Layout::ChannelsLast), lay(Layout::Contiguous));
+        let weights_4d = |m: &Model| -> Vec<bool> {
+            m.named_variables()
+                .values()
+                .filter(|t| t.dim() == 4 && t.size()[1] > 1 && t.size()[2] > 1)
+                .map(layout::is_channels_last)
+                .collect()
+        };
+        assert!(!weights_4d(&nhwc).is_empty() && weights_4d(&nhwc).iter().all(|&cl| cl));
+        assert!(weights_4d(&nchw).iter().all(|&cl| !cl));
+        assert_eq!((nhwc.layout(), nchw.layout()), (Layout::ChannelsLast, Layout::Contiguous));
+        let x = Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let t = Tensor::rand([3], (Kind::Float, Device::Cpu));
+        let class = Tensor::eye(10, (Kind::Float, Device::Cpu)).narrow(0, 0, 3);
+        let out = |m: &Model| tch::no_grad(|| m.forward_t(&x, Some(&t), Some(&class), false));
+        let (a, b) = (out(&nhwc), out(&nchw));
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "layouts disagree by {diff}");
+    }
 
     /// Trainable parameters of the spec's UNet, from an independent PyTorch build (the assignment's table).
     #[test]
