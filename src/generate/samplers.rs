@@ -121,7 +121,8 @@ impl SampleDefaults {
         sampler: SamplerKind::DpmPP2MSde,
         steps: 10,
         guidance: 2.0,
-        guidance_interval: None,
+        // Guiding only the less noisy half: FD 8.40 against 12.00 guided throughout, same accuracy (README).
+        guidance_interval: Some((0.0, 0.5)),
     };
     /// For rectified-flow models.
     pub const FLOW: Self = Self {
