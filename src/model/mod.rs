@@ -192,7 +192,10 @@ mod tests {
         };
         assert!(!weights_4d(&nhwc).is_empty() && weights_4d(&nhwc).iter().all(|&cl| cl));
         assert!(weights_4d(&nchw).iter().all(|&cl| !cl));
-        assert_eq!((nhwc.layout(), nchw.layout()), (Layout::ChannelsLast, Layout::Contiguous));
+        assert_eq!(
+            (nhwc.layout(), nchw.layout()),
+            (Layout::ChannelsLast, Layout::Contiguous)
+        );
         let x = Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu));
         let t = Tensor::rand([3], (Kind::Float, Device::Cpu));
         let class = Tensor::eye(10, (Kind::Float, Device::Cpu)).narrow(0, 0, 3);
