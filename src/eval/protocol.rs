@@ -185,7 +185,8 @@ pub fn sweep_samplers(objective: &crate::run::Objective) -> Vec<(SamplerKind, Op
 /// The guidance scales of a sweep.
 pub const SWEEP_GUIDANCE: [f64; 4] = [1.0, 2.0, 3.0, 5.0];
 
-/// Every combination of `samplers` x `guidances` x `intervals`; an interval only where guidance is on (gamma != 1).
+/// Every combination of `samplers` x `guidances` x `intervals`, except that guidance 1 (off) appears once, without an
+/// interval.
 pub fn grid(
     samplers: &[(SamplerKind, Option<usize>)],
     guidances: &[f64],
@@ -193,10 +194,10 @@ pub fn grid(
 ) -> Vec<Setting> {
     let mut settings = Vec::new();
     for &guidance in guidances {
+        // Guidance 1 is the conditional prediction alone, whatever the interval: one setting, without one.
+        let unguided = [None];
+        let intervals = if guidance == 1.0 { &unguided[..] } else { intervals };
         for &guidance_interval in intervals {
-            if guidance == 1.0 && guidance_interval.is_some() {
-                continue;
-            }
             for &(sampler, steps) in samplers {
                 settings.push(Setting {
                     sampler,
@@ -280,6 +281,34 @@ pub fn read_samples(prefix: &Path) -> Result<(Tensor, Option<Vec<u8>>), EvalErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guidance 1 appears once and without an interval, whatever intervals are asked for (a default interval must not
+    /// drop it); every other scale gets each interval.
+    #[test]
+    fn the_grid_keeps_guidance_1_once_and_pairs_other_scales_with_each_interval() {
+        let samplers = [(SamplerKind::Ddim, Some(3)), (SamplerKind::Ddim, Some(4))];
+        let keys = |settings: Vec<Setting>| -> Vec<(f64, Option<(f64, f64)>, Option<usize>)> {
+            settings
+                .iter()
+                .map(|s| (s.guidance, s.guidance_interval, s.steps))
+                .collect()
+        };
+        let half = Some((0.0, 0.5));
+        assert_eq!(
+            keys(grid(&samplers, &[1.0, 3.0], &[half])),
+            vec![
+                (1.0, None, Some(3)),
+                (1.0, None, Some(4)),
+                (3.0, half, Some(3)),
+                (3.0, half, Some(4))
+            ]
+        );
+        let one = [samplers[0]];
+        assert_eq!(
+            keys(grid(&one, &[1.0, 2.0], &[None, half])),
+            vec![(1.0, None, Some(3)), (2.0, None, Some(3)), (2.0, half, Some(3))]
+        );
+    }
 
     #[test]
     fn mean_and_sample_sd() {
