@@ -129,7 +129,8 @@ impl SampleDefaults {
         sampler: SamplerKind::Heun,
         steps: 10,
         guidance: 2.0,
-        guidance_interval: None,
+        // The same interval: FD 8.05 against 13.38 guided throughout, 99.3% accuracy (README).
+        guidance_interval: Some((0.0, 0.5)),
     };
 
     pub fn for_objective(objective: &Objective) -> Self {
