@@ -178,11 +178,15 @@ mod tests {
     #[test]
     fn the_layout_is_the_weights_and_the_outputs_agree() {
         let config = UNetConfig::new(8, true, true);
-        let lay = |layout| {
-            tch::manual_seed(5);
-            Model::with_layout(&config, Device::Cpu, layout)
-        };
-        let (nhwc, nchw) = (lay(Layout::ChannelsLast), lay(Layout::Contiguous));
+        let nhwc = Model::with_layout(&config, Device::Cpu, Layout::ChannelsLast);
+        let nchw = Model::with_layout(&config, Device::Cpu, Layout::Contiguous);
+        // The same weights in both (copied, not reseeded: other tests draw from the global generator meanwhile).
+        let source = nhwc.named_variables();
+        tch::no_grad(|| {
+            for (name, mut variable) in nchw.named_variables() {
+                variable.copy_(&source[&name]);
+            }
+        });
         let weights_4d = |m: &Model| -> Vec<bool> {
             m.named_variables()
                 .values()
