@@ -105,6 +105,22 @@ impl Digits {
             cols: self.cols,
         }
     }
+    /// The digits at `indices`, in that order; None when one is past the end.
+    pub fn select(&self, indices: &[usize]) -> Option<Digits> {
+        let mut images = Vec::with_capacity(indices.len() * self.pixels_per_image());
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i)?);
+            labels.push(*self.labels.get(i)?);
+        }
+        Some(Digits {
+            n: indices.len(),
+            rows: self.rows,
+            cols: self.cols,
+            images,
+            labels,
+        })
+    }
 }
 
 /// The data folder: the `--data-dir` flag, else `$MNIST_DIR` (when set and non-empty), else
@@ -250,6 +266,11 @@ pub(crate) mod tests {
         let s = d.subset(2);
         assert_eq!((s.n, s.images.len(), s.labels.clone()), (2, 8, vec![3, 1]));
         assert_eq!(d.subset(99), d);
+        let picked = d.select(&[2, 1]).expect("in range");
+        assert_eq!((picked.n, picked.labels.clone()), (2, vec![4, 1]));
+        assert_eq!(picked.image(0), d.image(2));
+        assert_eq!(picked.image(1), d.image(1));
+        assert_eq!(d.select(&[0, 3]), None);
     }
 
     #[test]

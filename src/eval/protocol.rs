@@ -51,10 +51,10 @@ pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(T
     let mut picked = Vec::with_capacity(10 * per_digit);
     let mut labels = Vec::with_capacity(10 * per_digit);
     for digit in 0..10u8 {
-        let of_digit: Vec<i64> = order
+        let of_digit: Vec<usize> = order
             .iter()
-            .copied()
-            .filter(|&i| train.labels[i as usize] == digit)
+            .map(|&i| i as usize)
+            .filter(|&i| train.labels[i] == digit)
             .take(per_digit)
             .collect();
         if of_digit.len() < per_digit {
@@ -68,19 +68,9 @@ pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(T
         labels.extend(std::iter::repeat_n(digit, per_digit));
     }
     // Only the picked digits become floats, not the whole split.
-    let size = train.rows * train.cols;
-    let pixels: Vec<u8> = picked
-        .iter()
-        .flat_map(|&i| &train.images[i as usize * size..(i as usize + 1) * size])
-        .copied()
-        .collect();
-    let chosen = Digits {
-        n: picked.len(),
-        rows: train.rows,
-        cols: train.cols,
-        images: pixels,
-        labels: labels.clone(),
-    };
+    let chosen = train
+        .select(&picked)
+        .expect("the indices come from a permutation of the split");
     Ok((digits_to_tensor(&chosen), labels))
 }
 
@@ -287,7 +277,8 @@ mod tests {
     #[test]
     fn the_grid_keeps_guidance_1_once_and_pairs_other_scales_with_each_interval() {
         let samplers = [(SamplerKind::Ddim, Some(3)), (SamplerKind::Ddim, Some(4))];
-        let keys = |settings: Vec<Setting>| -> Vec<(f64, Option<(f64, f64)>, Option<usize>)> {
+        type Key = (f64, Option<(f64, f64)>, Option<usize>);
+        let keys = |settings: Vec<Setting>| -> Vec<Key> {
             settings
                 .iter()
                 .map(|s| (s.guidance, s.guidance_interval, s.steps))

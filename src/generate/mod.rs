@@ -22,9 +22,10 @@ use crate::sampler::{ddim, ddpm, dpmpp, Denoiser, FrameEvery, NoiseSource, Sampl
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
-    /// [default: DDPM for diffusion models, Euler for flow models]
+    /// [default: the model's, `SampleDefaults`]
     pub sampler: Option<SamplerKind>,
-    /// Step count of every sampler but DDPM (default 50); DDPM always takes every timestep.
+    /// Step count of every sampler but DDPM [default: the model's, `SampleDefaults`]; DDPM always takes every
+    /// timestep.
     pub steps: Option<usize>,
     /// Where DPM-Solver++ puts its timesteps.
     pub spacing: Spacing,
@@ -216,33 +217,32 @@ impl Plan {
     /// ddpm, ddim and dpmpp-2m read a noise prediction (ddpm, cfg objectives), euler, heun and midpoint a velocity
     /// (flow).
     fn new(sampler: SamplerKind, objective: &Objective) -> Result<Self, GenerateError> {
-        let plan = match (sampler, objective) {
-            (SamplerKind::Ddpm, Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. }) => {
-                Plan::Ddpm(NoiseSchedule::new(schedule))
-            }
-            (SamplerKind::Ddim, Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. }) => {
-                Plan::Ddim(NoiseSchedule::new(schedule))
-            }
-            (
-                SamplerKind::DpmPP2M | SamplerKind::DpmPP2MSde,
-                Objective::Ddpm { schedule } | Objective::Cfg { schedule, .. },
-            ) => Plan::DpmPP2M(NoiseSchedule::new(schedule), sampler == SamplerKind::DpmPP2MSde),
-            (SamplerKind::Euler, Objective::Flow { .. }) => Plan::Flow(FlowSolver::Euler),
-            (SamplerKind::Heun, Objective::Flow { .. }) => Plan::Flow(FlowSolver::Heun),
-            (SamplerKind::Midpoint, Objective::Flow { .. }) => Plan::Flow(FlowSolver::Midpoint),
-            _ => {
-                return Err(GenerateError::WrongSampler {
-                    sampler,
-                    objective: objective.name(),
-                    suggestion: if matches!(objective, Objective::Flow { .. }) {
-                        "--sampler euler, heun or midpoint"
-                    } else {
-                        "--sampler ddpm, ddim, dpmpp-2m or dpmpp-2m-sde"
-                    },
-                })
-            }
+        let wrong = || GenerateError::WrongSampler {
+            sampler,
+            objective: objective.name(),
+            suggestion: if matches!(objective, Objective::Flow { .. }) {
+                "--sampler euler, heun or midpoint"
+            } else {
+                "--sampler ddpm, ddim, dpmpp-2m or dpmpp-2m-sde"
+            },
         };
-        Ok(plan)
+        if !sampler.fits(objective) {
+            return Err(wrong());
+        }
+        match (sampler.flow_solver(), objective.schedule()) {
+            (Some(solver), _) => Ok(Plan::Flow(solver)),
+            (None, Some(schedule)) => {
+                let schedule = NoiseSchedule::new(schedule);
+                match sampler {
+                    SamplerKind::Ddpm => Ok(Plan::Ddpm(schedule)),
+                    SamplerKind::Ddim => Ok(Plan::Ddim(schedule)),
+                    SamplerKind::DpmPP2M => Ok(Plan::DpmPP2M(schedule, false)),
+                    SamplerKind::DpmPP2MSde => Ok(Plan::DpmPP2M(schedule, true)),
+                    SamplerKind::Euler | SamplerKind::Heun | SamplerKind::Midpoint => Err(wrong()),
+                }
+            }
+            (None, None) => Err(wrong()),
+        }
     }
 }
 

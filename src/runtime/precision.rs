@@ -43,11 +43,16 @@ const BF16_EMULATION_COST: &str =
 
 const CPUINFO: &str = "/proc/cpuinfo";
 
-/// Whether the CPU flags list a native bf16 instruction set. The flags come from /proc/cpuinfo, or from the file
-/// named by `DIFFUSE_CPUINFO` (tests use it to play a CPU without bf16).
-pub fn cpu_has_native_bf16() -> bool {
+/// The text of /proc/cpuinfo, or of the file named by `DIFFUSE_CPUINFO` (tests use it to play another CPU); None when
+/// it cannot be read.
+pub fn read_cpuinfo() -> Option<String> {
     let path = std::env::var_os("DIFFUSE_CPUINFO").unwrap_or_else(|| CPUINFO.into());
-    std::fs::read_to_string(path).is_ok_and(|info| flags_have_native_bf16(&info))
+    std::fs::read_to_string(path).ok()
+}
+
+/// Whether the CPU flags ([`read_cpuinfo`]) list a native bf16 instruction set.
+pub fn cpu_has_native_bf16() -> bool {
+    read_cpuinfo().is_some_and(|info| flags_have_native_bf16(&info))
 }
 
 /// Whether the `flags` lines of a /proc/cpuinfo text name avx512_bf16 or amx_bf16.

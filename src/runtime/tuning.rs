@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::runtime::layout::Layout;
-use crate::runtime::precision::{cpu_has_native_bf16, Precision};
+use crate::runtime::precision::{cpu_has_native_bf16, read_cpuinfo, Precision};
 
 /// A precision and a layout: how the network runs.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,11 +158,9 @@ pub fn cache_file() -> Option<PathBuf> {
     Some(dir.join("tuning.json"))
 }
 
-/// The CPU's model name from /proc/cpuinfo (or the file named by `DIFFUSE_CPUINFO`).
+/// The CPU's model name ([`read_cpuinfo`]).
 fn cpu_model() -> String {
-    let path = std::env::var_os("DIFFUSE_CPUINFO").unwrap_or_else(|| "/proc/cpuinfo".into());
-    std::fs::read_to_string(path)
-        .ok()
+    read_cpuinfo()
         .and_then(|info| {
             info.lines().find_map(|l| {
                 l.strip_prefix("model name")
