@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Interleaved comparison of `diffuse bench` against bench/pytorch_ref.py, medians and ratios. Each round runs, in
-# turn: diffuse (its precision for this CPU unless --precision is given), PyTorch fp32 eager, and PyTorch's best
-# setting for this CPU class: bf16 autocast + channels-last where the CPU has native bf16 (avx512_bf16 or amx_bf16),
-# fp32 + channels-last elsewhere.
+# turn: diffuse (its precision and layout for this CPU unless --precision is given) and PyTorch in every setting that
+# can be its best on this CPU class: fp32 eager (contiguous) and fp32 + channels-last everywhere, and bf16 autocast
+# with and without channels-last where the CPU has native bf16 (avx512_bf16 or amx_bf16). PyTorch's best is the
+# setting with the highest median training throughput, measured here, not inferred from the CPU flags: bf16 is
+# slower than fp32 on some CPUs that list native bf16 (no AMX).
 #   bench/compare.sh [--model cfg] [--hidden 64] [--batch 128] [--precision fp32|bf16] [--threads 2] [--rounds 3]
 #                    [--steps 10] [--warmup 3] [--sample-steps 20]
 # Needs `. scripts/env.sh` and a release build (cargo build --release).
@@ -26,11 +28,14 @@ done
 case "$model" in denoiser) hidden=${hidden:-128} batch=${batch:-256} ;; *) hidden=${hidden:-64} batch=${batch:-128} ;; esac
 flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
 has() { [[ $flags == *" $1 "* ]]; }
-if has amx_bf16; then class="AMX-BF16" best=bf16
-elif has avx512_bf16; then class="AVX512-BF16, no AMX" best=bf16
-elif has avx512f; then class="AVX-512, no bf16" best=fp32
-else class="AVX2 only" best=fp32
+if has amx_bf16; then class="AMX-BF16"
+elif has avx512_bf16; then class="AVX512-BF16, no AMX"
+elif has avx512f; then class="AVX-512, no bf16"
+else class="AVX2 only"
 fi
+# PyTorch's candidate settings as "precision layout"; the first is the eager baseline.
+candidates=("fp32 contiguous" "fp32 channels-last")
+if has amx_bf16 || has avx512_bf16; then candidates+=("bf16 contiguous" "bf16 channels-last"); fi
 PY=${DIFFUSE_VENV:-$HOME/.cache/diffuse/venv-torch-2.11.0}/bin/python
 BIN=${BIN:-target/release/diffuse}
 common=(--model "$model" --hidden "$hidden" --batch "$batch" --threads "$threads" --steps "$steps" --warmup "$warmup" --sample-steps "$sample_steps" --json)
@@ -38,9 +43,13 @@ ours=(); [ -n "$precision" ] && ours=(--precision "$precision")
 rows=$(mktemp)
 for ((i = 1; i <= rounds; i++)); do
   "$BIN" bench "${common[@]}" "${ours[@]}" --device cpu | sed 's/^{/{"setting":"diffuse",/' | tee -a "$rows"
-  "$PY" bench/pytorch_ref.py "${common[@]}" --precision fp32 | sed 's/^{/{"setting":"pytorch fp32 eager",/' | tee -a "$rows"
-  "$PY" bench/pytorch_ref.py "${common[@]}" --precision "$best" --channels-last |
-    sed "s/^{/{\"setting\":\"pytorch best ($best channels-last)\",/" | tee -a "$rows"
+  for candidate in "${candidates[@]}"; do
+    read -r prec layout <<<"$candidate"
+    cl=(); [ "$layout" = channels-last ] && cl=(--channels-last)
+    name="pytorch $prec $layout"; [ "$candidate" = "fp32 contiguous" ] && name="pytorch fp32 eager"
+    "$PY" bench/pytorch_ref.py "${common[@]}" --precision "$prec" "${cl[@]}" |
+      sed "s/^{/{\"setting\":\"$name\",/" | tee -a "$rows"
+  done
 done
 "$PY" - "$rows" "$class" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)" <<'PY'
 import json, statistics, sys
@@ -58,5 +67,10 @@ for s in settings:
     ratio = med("diffuse", "train_img_per_s") / train
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"
     print(f"{s:<34}{fmt(train, 1):>12}{ratio:>11.2f}{fmt(sample, 3):>14}{fmt(rss, 0):>13}")
+torch_settings = [s for s in settings if s.startswith("pytorch")]
+best = max(torch_settings, key=lambda s: med(s, "train_img_per_s"))
+print(f"PyTorch's best here (measured): {best}, {med(best, 'train_img_per_s'):.1f} img/s; "
+      f"diffuse/best {med('diffuse', 'train_img_per_s') / med(best, 'train_img_per_s'):.2f}, "
+      f"diffuse/eager {med('diffuse', 'train_img_per_s') / med('pytorch fp32 eager', 'train_img_per_s'):.2f}")
 PY
 rm -f "$rows"

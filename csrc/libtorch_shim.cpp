@@ -1,11 +1,18 @@
-// What tch 0.24 does not expose, called from src/precision.rs, src/layout.rs and src/optim.rs:
+// What tch 0.24 does not expose, called from src/runtime/precision.rs, src/runtime/layout.rs, src/runtime/tuning.rs
+// and src/train/optim.rs:
 // - libtorch's autocast, which tch only offers for CUDA fp16. Enabling sets the autocast dtype and turns it on for
 //   the device type; disabling turns it off and drops autocast's cache of down-cast weights (stale after an
 //   optimizer step).
 // - the channels-last memory format, which makes oneDNN convolutions markedly faster on CPU, bf16 above all.
+// - the engine's version and the CPU kernels ATen dispatches to, which key the cached tuning measurement.
 #include <ATen/ATen.h>
+#include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
+#include <torch/headeronly/version.h>
 
+#include <algorithm>
+#include <cstring>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -19,6 +26,20 @@ void diffuse_autocast_set(int cuda, int enabled, int bf16) {
         at::autocast::set_autocast_enabled(device, false);
         at::autocast::clear_cache();
     }
+}
+
+// The engine that runs the kernels, e.g. "libtorch 2.11.0, ATen CPU kernels AVX512": the version this was built
+// against and the instruction set ATen dispatches to at run time (ATEN_CPU_CAPABILITY can lower it). Writes at most
+// `capacity` bytes including the terminating NUL; returns the full length.
+int diffuse_engine(char *out, int capacity) {
+    const std::string text =
+        std::string("libtorch ") + TORCH_VERSION + ", ATen CPU kernels " + at::get_cpu_capability();
+    if (capacity > 0) {
+        const size_t n = std::min(text.size(), static_cast<size_t>(capacity - 1));
+        std::memcpy(out, text.data(), n);
+        out[n] = '\0';
+    }
+    return static_cast<int>(text.size());
 }
 
 int diffuse_autocast_is_enabled(int cuda) {

@@ -8,7 +8,8 @@
 //! network itself (a
 //! training pass, or a sampling forward pass; [`crate::model::tuning`]) in each layout, in fp32 and, where the flags
 //! list native bf16, in bf16 too, and keeps the fastest. The timings are stored in the cache folder, keyed by CPU
-//! model, thread count, native bf16 and the kind of work, and reused. CUDA takes fp32 channels-last without a
+//! model, thread count, native bf16, the engine (libtorch version and the CPU kernels it dispatches to) and the kind
+//! of work, and reused. CUDA takes fp32 channels-last without a
 //! measurement.
 
 use std::path::PathBuf;
@@ -53,12 +54,16 @@ pub enum Workload {
 /// Times one pass of `workload` in a precision and layout, in milliseconds.
 pub type Timer<'a> = &'a dyn Fn(Workload, Choice) -> f64;
 
-/// What one measurement found (the cache file holds one per CPU model, thread count, native bf16 and workload).
+/// What one measurement found (the cache file holds one per CPU model, thread count, native bf16, engine and
+/// workload).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Measured {
     pub cpu: String,
     pub threads: usize,
     pub native_bf16: bool,
+    /// [`engine`] when measured; records cached before it was keyed read as empty and are measured again.
+    #[serde(default)]
+    pub engine: String,
     pub workload: Workload,
     pub timings: Vec<Timing>,
 }
@@ -104,6 +109,7 @@ pub fn resolve(
 /// a machine makes the same choice.
 pub fn measured_on_this_cpu(workload: Workload, timer: Timer) -> Measured {
     let (cpu, threads, native_bf16) = (cpu_model(), crate::runtime::device::threads(), cpu_has_native_bf16());
+    let engine = engine();
     let path = cache_file();
     // Held until this function returns. Without a writable cache folder there is no lock and no cache: each process
     // measures for itself.
@@ -114,12 +120,17 @@ pub fn measured_on_this_cpu(workload: Workload, timer: Timer) -> Measured {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
-    let key =
-        |m: &Measured| m.cpu == cpu && m.threads == threads && m.native_bf16 == native_bf16 && m.workload == workload;
+    let key = |m: &Measured| {
+        m.cpu == cpu
+            && m.threads == threads
+            && m.native_bf16 == native_bf16
+            && m.engine == engine
+            && m.workload == workload
+    };
     if let Some(hit) = known.iter().find(|m| key(m)) {
         return hit.clone();
     }
-    let measured = measure(cpu, threads, native_bf16, workload, timer);
+    let measured = measure(cpu, threads, native_bf16, engine, workload, timer);
     tracing::info!(?measured, "measured the fastest precision and layout on this CPU");
     known.push(measured.clone());
     if let Some(path) = path {
@@ -170,8 +181,35 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+extern "C" {
+    fn diffuse_engine(out: *mut std::ffi::c_char, capacity: i32) -> i32;
+}
+
+/// The engine that runs the kernels: the libtorch version, the CPU kernels ATen dispatches to (which
+/// `ATEN_CPU_CAPABILITY` can lower), and oneDNN's instruction-set cap when `ONEDNN_MAX_CPU_ISA` sets one. A new
+/// libtorch or a lowered instruction set runs other kernels, so it is measured again.
+pub fn engine() -> String {
+    let mut buffer = [0u8; 128];
+    // SAFETY: the shim writes at most `capacity` bytes, NUL included, into the buffer.
+    unsafe { diffuse_engine(buffer.as_mut_ptr().cast(), buffer.len() as i32) };
+    let mut text = std::ffi::CStr::from_bytes_until_nul(&buffer)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(isa) = std::env::var_os("ONEDNN_MAX_CPU_ISA") {
+        text.push_str(&format!(", oneDNN ISA cap {}", isa.to_string_lossy()));
+    }
+    text
+}
+
 /// Times `workload` in every precision and layout that applies: both layouts, fp32 and, with native bf16, bf16.
-fn measure(cpu: String, threads: usize, native_bf16: bool, workload: Workload, timer: Timer) -> Measured {
+fn measure(
+    cpu: String,
+    threads: usize,
+    native_bf16: bool,
+    engine: String,
+    workload: Workload,
+    timer: Timer,
+) -> Measured {
     let precisions: &[Precision] = if native_bf16 {
         &[Precision::Fp32, Precision::Bf16]
     } else {
@@ -188,6 +226,7 @@ fn measure(cpu: String, threads: usize, native_bf16: bool, workload: Workload, t
         cpu,
         threads,
         native_bf16,
+        engine,
         workload,
         timings,
     }
@@ -212,7 +251,7 @@ mod tests {
     /// tests/cli/sample_cli.rs, the real timer in src/model/tuning.rs).
     #[test]
     fn times_every_setting_keeps_the_fastest_and_round_trips() {
-        let train = measure("test CPU".into(), 2, true, Workload::Train, &fake);
+        let train = measure("test CPU".into(), 2, true, engine(), Workload::Train, &fake);
         assert_eq!(train.timings.len(), 4, "{train:?}");
         let choice = |precision, layout| Some(Choice { precision, layout });
         assert_eq!(train.best(None, None), choice(Precision::Fp32, Layout::Contiguous));
@@ -224,16 +263,32 @@ mod tests {
             train.best(None, Some(Layout::ChannelsLast)),
             choice(Precision::Fp32, Layout::ChannelsLast)
         );
-        let sample = measure("test CPU".into(), 2, true, Workload::Sample, &fake);
+        let sample = measure("test CPU".into(), 2, true, engine(), Workload::Sample, &fake);
         assert_eq!(sample.best(None, None), choice(Precision::Bf16, Layout::ChannelsLast));
         let text = serde_json::to_string(&vec![train.clone()]).expect("json");
         let back: Vec<Measured> = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, vec![train]);
     }
 
+    /// The engine names the libtorch this was built against and the kernels ATen picked on this CPU; a record cached
+    /// before the engine was part of the key reads back with none, so it never matches and is measured again.
+    #[test]
+    fn the_engine_keys_the_record() {
+        let engine = engine();
+        assert!(engine.starts_with("libtorch 2.11.0, ATen CPU kernels "), "{engine}");
+        let kernels = engine.trim_start_matches("libtorch 2.11.0, ATen CPU kernels ");
+        let kernels = kernels.split(',').next().unwrap_or_default();
+        assert!(["DEFAULT", "AVX2", "AVX512"].contains(&kernels), "{engine}");
+        let old = r#"[{"cpu":"test CPU","threads":2,"native_bf16":false,"workload":"train",
+            "timings":[{"precision":"fp32","layout":"channels-last","ms":1.0}]}]"#;
+        let old: Vec<Measured> = serde_json::from_str(old).expect("an old record parses");
+        assert_eq!(old[0].engine, "");
+        assert_ne!(old[0].engine, engine);
+    }
+
     #[test]
     fn without_native_bf16_only_fp32_is_timed() {
-        let m = measure("test CPU".into(), 1, false, Workload::Sample, &fake);
+        let m = measure("test CPU".into(), 1, false, engine(), Workload::Sample, &fake);
         assert!(m.timings.iter().all(|t| t.precision == Precision::Fp32), "{m:?}");
         assert_eq!(m.timings.len(), 2);
         assert_eq!(m.best(Some(Precision::Bf16), None), None);

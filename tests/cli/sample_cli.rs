@@ -232,8 +232,9 @@ fn precision_and_layout_follow_the_cpu_and_a_slow_bf16_is_warned_about() {
     std::fs::write(&bf16, "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n").expect("write");
     let png = tmp.path().join("g.png");
     let cache = tmp.path().join("cache");
-    let sample = |cpuinfo: &Path, extra: &[&str]| {
+    let sample_with = |envs: &[(&str, &str)], cpuinfo: &Path, extra: &[&str]| {
         let out = diffuse()
+            .envs(envs.iter().copied())
             .env("DIFFUSE_CPUINFO", cpuinfo)
             .env("DIFFUSE_CACHE", &cache)
             .args([
@@ -254,6 +255,7 @@ fn precision_and_layout_follow_the_cpu_and_a_slow_bf16_is_warned_about() {
         assert!(out.status.success(), "{}", stderr(&out));
         stderr(&out)
     };
+    let sample = |cpuinfo: &Path, extra: &[&str]| sample_with(&[], cpuinfo, extra);
     let warning = "warning: --precision bf16 on a CPU without native bf16";
     let cached = || -> Vec<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(cache.join("tuning.json")).expect("cached")).expect("json")
@@ -313,4 +315,18 @@ fn precision_and_layout_follow_the_cpu_and_a_slow_bf16_is_warned_about() {
     assert!(!sample(&bf16, &["--precision", "bf16"]).contains(warning));
     let forced_layout = sample(&bf16, &["--layout", "contiguous"]);
     assert!(forced_layout.contains(", contiguous"), "{forced_layout}");
+    // The record names the engine, and another engine (here ATen held to its baseline kernels) runs other kernels:
+    // it is measured again, in a record of its own, and the earlier ones stay.
+    let engine = |r: &serde_json::Value| r["engine"].as_str().expect("engine").to_string();
+    assert!(
+        records
+            .iter()
+            .all(|r| engine(r).starts_with("libtorch 2.11.0, ATen CPU kernels ")),
+        "{records:?}"
+    );
+    sample_with(&[("ATEN_CPU_CAPABILITY", "default")], &avx2, &[]);
+    let with_baseline = cached();
+    assert_eq!(with_baseline.len(), 3, "{with_baseline:?}");
+    assert_eq!(with_baseline[..2], records[..]);
+    assert_eq!(engine(&with_baseline[2]), "libtorch 2.11.0, ATen CPU kernels DEFAULT");
 }
