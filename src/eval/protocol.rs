@@ -49,7 +49,6 @@ pub fn reference(classifier: &Classifier, test: &Digits) -> Result<(Tensor, Tens
 pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(Tensor, Vec<u8>), EvalError> {
     let order = RunRng::new(seed).permutation(train.n);
     let mut picked = Vec::with_capacity(10 * per_digit);
-    let mut labels = Vec::with_capacity(10 * per_digit);
     for digit in 0..10u8 {
         let of_digit: Vec<usize> = order
             .iter()
@@ -65,13 +64,12 @@ pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(T
             });
         }
         picked.extend(of_digit);
-        labels.extend(std::iter::repeat_n(digit, per_digit));
     }
     // Only the picked digits become floats, not the whole split.
     let chosen = train
         .select(&picked)
         .expect("the indices come from a permutation of the split");
-    Ok((digits_to_tensor(&chosen), labels))
+    Ok((digits_to_tensor(&chosen), chosen.labels))
 }
 
 /// The floor at n = 10 per_digit: real training digits scored like samples.

@@ -229,20 +229,18 @@ impl Plan {
         if !sampler.fits(objective) {
             return Err(wrong());
         }
-        match (sampler.flow_solver(), objective.schedule()) {
-            (Some(solver), _) => Ok(Plan::Flow(solver)),
-            (None, Some(schedule)) => {
-                let schedule = NoiseSchedule::new(schedule);
-                match sampler {
-                    SamplerKind::Ddpm => Ok(Plan::Ddpm(schedule)),
-                    SamplerKind::Ddim => Ok(Plan::Ddim(schedule)),
-                    SamplerKind::DpmPP2M => Ok(Plan::DpmPP2M(schedule, false)),
-                    SamplerKind::DpmPP2MSde => Ok(Plan::DpmPP2M(schedule, true)),
-                    SamplerKind::Euler | SamplerKind::Heun | SamplerKind::Midpoint => Err(wrong()),
-                }
-            }
-            (None, None) => Err(wrong()),
+        if let Some(solver) = sampler.flow_solver() {
+            return Ok(Plan::Flow(solver));
         }
+        // A noise-prediction sampler that fits: the objective has a schedule.
+        let schedule = NoiseSchedule::new(objective.schedule().ok_or_else(wrong)?);
+        Ok(match sampler {
+            SamplerKind::Ddpm => Plan::Ddpm(schedule),
+            SamplerKind::Ddim => Plan::Ddim(schedule),
+            SamplerKind::DpmPP2M => Plan::DpmPP2M(schedule, false),
+            SamplerKind::DpmPP2MSde => Plan::DpmPP2M(schedule, true),
+            SamplerKind::Euler | SamplerKind::Heun | SamplerKind::Midpoint => return Err(wrong()),
+        })
     }
 }
 

@@ -14,8 +14,9 @@ use super::trainer::{Hooks, TrainData, TrainError, Trainer};
 pub struct Session {
     pub trainer: Trainer,
     data: TrainData,
-    /// The test images [N, 1, 28, 28] in [0, 1], on CPU, made once for the held-out MSE of every epoch.
-    test_images: Tensor,
+    /// The test images [N, 1, 28, 28] in [0, 1], on CPU, made once for the denoiser's held-out MSE of every epoch
+    /// (the only objective that uses them).
+    test_images: Option<Tensor>,
     figures: Option<RunFigures>,
 }
 
@@ -24,10 +25,12 @@ impl Session {
     pub fn new(trainer: Trainer, train: &Digits, test: Digits, figures: bool) -> Self {
         let data = TrainData::new(train, trainer.device());
         let figures = figures.then(|| RunFigures::new(&trainer.run, &trainer.config, &test));
+        let test_images =
+            matches!(trainer.config.objective, Objective::Denoiser { .. }).then(|| digits_to_tensor(&test));
         Self {
             trainer,
             data,
-            test_images: digits_to_tensor(&test),
+            test_images,
             figures,
         }
     }
@@ -57,8 +60,7 @@ impl Session {
         let trainer = &self.trainer;
         let averaged = trainer.sampling_model();
         let model = averaged.as_ref().unwrap_or(&trainer.model);
-        if let Objective::Denoiser { sigma } = trainer.config.objective {
-            let images = &self.test_images;
+        if let (&Objective::Denoiser { sigma }, Some(images)) = (&trainer.config.objective, &self.test_images) {
             let (denoised, noisy) = denoiser_test_mse(model, images, sigma, trainer.config.precision);
             hooks.test_mse(
                 trainer.epoch,
