@@ -87,8 +87,9 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub source: ModelArgs,
     /// Score existing samples instead: PREFIX-images-idx3-ubyte (+ PREFIX-labels-idx1-ubyte when present).
+    /// Repeatable: one row per PREFIX, named by its file name, all against one reference and floor.
     #[arg(long, value_name = "PREFIX", conflicts_with_all = ["run", "model"])]
-    pub idx: Option<PathBuf>,
+    pub idx: Vec<PathBuf>,
     /// Samples per digit (class-conditioned models; 10x this for unconditional ones).
     #[arg(long, default_value_t = 50)]
     pub per_digit: usize,
@@ -169,22 +170,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         })
     };
 
-    if let Some(prefix) = &args.idx {
-        let (images, labels) = protocol::read_samples(prefix)?;
-        let quality = score(&classifier, &images, labels.as_deref(), &reference)?;
-        let n = quality.n;
-        let rows = vec![
-            floor_row((n / 10).max(1))?,
-            Row {
-                name: "idx".into(),
-                steps: None,
-                evaluations: None,
-                guidance: None,
-                interval: None,
-                summary: Summary::of(&[(quality, 0.0)]),
-            },
-        ];
-        print_rows(&rows);
+    if !args.idx.is_empty() {
+        print_rows(&idx_rows(&args.idx, &classifier, &reference, floor_row)?);
         return Ok(());
     }
     let source = args.source.source()?;
@@ -224,6 +211,40 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         write_sweep(&rows, &args.csv, &args.plot, &loaded.label)?;
     }
     Ok(())
+}
+
+/// One row per sample file, each after the floor at its n (one floor row per distinct n).
+fn idx_rows(
+    prefixes: &[PathBuf],
+    classifier: &Classifier,
+    reference: &(tch::Tensor, tch::Tensor),
+    floor_row: impl Fn(usize) -> anyhow::Result<Row>,
+) -> anyhow::Result<Vec<Row>> {
+    let mut scored = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let (images, labels) = protocol::read_samples(prefix)?;
+        let quality = score(classifier, &images, labels.as_deref(), reference)?;
+        let name = prefix
+            .file_name()
+            .map_or_else(|| prefix.display().to_string(), |n| n.to_string_lossy().into_owned());
+        scored.push(Row {
+            name,
+            steps: None,
+            evaluations: None,
+            guidance: None,
+            interval: None,
+            summary: Summary::of(&[(quality, 0.0)]),
+        });
+    }
+    let mut sizes: Vec<usize> = scored.iter().map(|r| r.summary.n).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut rows = Vec::with_capacity(sizes.len() + scored.len());
+    for n in sizes {
+        rows.push(floor_row((n / 10).max(1))?);
+    }
+    rows.extend(scored);
+    Ok(rows)
 }
 
 /// The settings the flags ask for: each list given, else the sweep's (with --sweep) or the single default.
