@@ -104,7 +104,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     pub guidance: Vec<f64>,
     /// Guidance interval(s) LO,HI in normalized time (repeatable; `all` = guide at every step) [default: the model's;
-    /// with --sweep: all].
+    /// with --sweep: all and the model's].
     #[arg(long, value_name = "LO,HI")]
     pub guidance_interval: Vec<String>,
     /// Where dpmpp-2m places its timesteps [default: trailing].
@@ -283,7 +283,11 @@ fn settings(args: &EvalArgs, objective: &diffuse::run::Objective, class_cond: bo
         });
     }
     if intervals.is_empty() {
-        intervals.push(if args.sweep { None } else { defaults.guidance_interval });
+        // The sweep sets guidance at every step beside the model's default interval.
+        if args.sweep && defaults.guidance_interval.is_some() {
+            intervals.push(None);
+        }
+        intervals.push(defaults.guidance_interval);
     }
     Ok(protocol::grid(&samplers, &guidances, &intervals))
 }
@@ -392,4 +396,59 @@ fn write_sweep(rows: &[Row], csv: &Path, plot: &Path, label: &str) -> anyhow::Re
     )?;
     println!("{}\n{}", csv.display(), plot.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use diffuse::diffusion::schedule::ScheduleConfig;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        eval: EvalArgs,
+    }
+
+    fn settings_for(flags: &[&str]) -> Vec<Setting> {
+        let args = Cli::parse_from(std::iter::once("eval").chain(flags.iter().copied())).eval;
+        let cfg = diffuse::run::Objective::Cfg {
+            schedule: ScheduleConfig::default(),
+            p_uncond: 0.1,
+        };
+        settings(&args, &cfg, true).expect("settings")
+    }
+
+    #[test]
+    fn the_sweep_explores_guidance_everywhere_and_in_the_default_interval() {
+        let default = SampleDefaults::DIFFUSION.guidance_interval;
+        assert!(default.is_some());
+        let sweep = settings_for(&["--sweep"]);
+        for &guidance in protocol::SWEEP_GUIDANCE.iter().filter(|&&g| g != 1.0) {
+            for interval in [None, default] {
+                assert!(
+                    sweep
+                        .iter()
+                        .any(|s| s.guidance == guidance && s.guidance_interval == interval),
+                    "the sweep has no guidance {guidance} with interval {interval:?}"
+                );
+            }
+        }
+        // Guidance 1 ignores the interval, so it appears without one.
+        assert!(sweep
+            .iter()
+            .filter(|s| s.guidance == 1.0)
+            .all(|s| s.guidance_interval.is_none()));
+
+        // Without --sweep: the model's one default setting; an interval given replaces it.
+        let single = settings_for(&[]);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].guidance_interval, default);
+        let given = settings_for(&["--sweep", "--guidance-interval", "0.2,0.9"]);
+        assert!(given
+            .iter()
+            .filter(|s| s.guidance != 1.0)
+            .all(|s| s.guidance_interval == Some((0.2, 0.9))));
+    }
 }
