@@ -9,7 +9,7 @@ use clap::Args;
 
 use diffuse::data::{self, digits_to_tensor, labels_to_tensor, Split};
 use diffuse::eval::classifier::{Classifier, ClassifierInfo};
-use diffuse::eval::metrics::score;
+use diffuse::eval::metrics::{score, Quality};
 use diffuse::eval::protocol::{self, Setting, Summary};
 use diffuse::eval::train_classifier;
 use diffuse::figures::plot::{line_plot, Series};
@@ -144,6 +144,20 @@ struct Row {
     summary: Summary,
 }
 
+impl Row {
+    /// A row for real or given digits scored once: no sampler settings, no time.
+    fn scored(name: String, quality: Quality) -> Self {
+        Row {
+            name,
+            steps: None,
+            evaluations: None,
+            guidance: None,
+            interval: None,
+            summary: Summary::of(&[(quality, 0.0)]),
+        }
+    }
+}
+
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.runtime.device()?;
     if args.per_digit == 0 || args.seeds == 0 {
@@ -160,14 +174,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let train = data::load(&data_dir, Split::Train)?;
     let floor_row = |per_digit: usize| -> anyhow::Result<Row> {
         let quality = protocol::floor(&classifier, &train, per_digit, args.seed, &reference)?;
-        Ok(Row {
-            name: "floor".into(),
-            steps: None,
-            evaluations: None,
-            guidance: None,
-            interval: None,
-            summary: Summary::of(&[(quality, 0.0)]),
-        })
+        Ok(Row::scored("floor".into(), quality))
     };
 
     if !args.idx.is_empty() {
@@ -227,14 +234,7 @@ fn idx_rows(
         let name = prefix
             .file_name()
             .map_or_else(|| prefix.display().to_string(), |n| n.to_string_lossy().into_owned());
-        scored.push(Row {
-            name,
-            steps: None,
-            evaluations: None,
-            guidance: None,
-            interval: None,
-            summary: Summary::of(&[(quality, 0.0)]),
-        });
+        scored.push(Row::scored(name, quality));
     }
     let mut sizes: Vec<usize> = scored.iter().map(|r| r.summary.n).collect();
     sizes.sort_unstable();

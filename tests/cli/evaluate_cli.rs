@@ -58,12 +58,12 @@ fn accuracy_and_fd(row: &[String]) -> (Option<f64>, f64) {
 }
 
 /// The table `diffuse eval --idx P1 --idx P2 ...` prints for the sample files under `prefixes`.
-fn eval_idx(prefixes: &[&Path]) -> String {
-    let mut args = vec!["eval".to_string()];
-    for prefix in prefixes {
-        args.extend(["--idx".to_string(), prefix.to_str().expect("utf8").to_string()]);
-    }
-    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+fn eval_idx(prefixes: &[impl AsRef<Path>]) -> String {
+    let out = diffuse()
+        .arg("eval")
+        .args(prefixes.iter().flat_map(|p| [Path::new("--idx"), p.as_ref()]))
+        .output()
+        .expect("spawn diffuse");
     assert!(out.status.success(), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -286,13 +286,13 @@ fn check_quality_gate(gate: Gate) {
         ("blurred", blur(&images), labels.clone()),
         ("ignored", images.clone(), shifted),
     ];
+    let mut prefixes = vec![prefix];
     for (name, images, labels) in &broken {
-        write_samples(&tmp.path().join(name), images, labels);
+        let path = tmp.path().join(name);
+        write_samples(&path, images, labels);
+        prefixes.push(path);
     }
-    let prefixes: Vec<_> = broken.iter().map(|(name, ..)| tmp.path().join(name)).collect();
-    let mut all: Vec<&Path> = vec![&prefix];
-    all.extend(prefixes.iter().map(|p| p.as_path()));
-    let table = eval_idx(&all);
+    let table = eval_idx(&prefixes);
 
     let drawn = accuracy_and_fd(&row_of(&table, gate.model));
     eprintln!(
