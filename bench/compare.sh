@@ -7,10 +7,13 @@
 # slower than fp32 on some CPUs that list native bf16 (no AMX).
 #   bench/compare.sh [--model cfg] [--hidden 64] [--batch 128] [--precision fp32|bf16] [--threads 2] [--rounds 3]
 #                    [--steps 10] [--warmup 3] [--sample-steps 20]
+#                    [--isa avx2]
+# --isa avx2 holds both engines to their AVX2 kernels on a CPU that has more (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+# MKL_ENABLE_INSTRUCTIONS), to study the AVX2-only class where no such machine is at hand; the table says "emulated".
 # Needs `. scripts/env.sh` and a release build (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=cfg hidden="" batch="" precision="" threads=2 rounds=3 steps=10 warmup=3 sample_steps=20
+model=cfg hidden="" batch="" precision="" threads=2 rounds=3 steps=10 warmup=3 sample_steps=20 isa=
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --sample-steps) sample_steps=$2; shift 2 ;;
+    --isa) isa=$2; shift 2 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +37,14 @@ elif has avx512_bf16; then class="AVX512-BF16, no AMX"
 elif has avx512f; then class="AVX-512, no bf16"
 else class="AVX2 only"
 fi
+case "$isa" in
+  "") ;;
+  avx2)
+    export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+    class="AVX2 only, emulated on a $class CPU"
+    flags=" avx2 " ;;
+  *) echo "compare.sh: --isa takes avx2" >&2; exit 2 ;;
+esac
 # PyTorch's candidate settings as "precision layout"; the first is the eager baseline.
 candidates=("fp32 contiguous" "fp32 channels-last")
 if has amx_bf16 || has avx512_bf16; then candidates+=("bf16 contiguous" "bf16 channels-last"); fi

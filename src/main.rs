@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    diffuse::runtime::allocator::keep_freed_memory(args.workload());
     cli::init_logging(args.verbose);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
+use diffuse::runtime::allocator::Workload;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +51,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Regenerate a run's figures from its checkpoints.
     Figures(figures::FiguresArgs),
+}
+
+impl Cli {
+    /// Training commands keep every freed block for the next step; the rest return their largest ones.
+    pub fn workload(&self) -> Workload {
+        match self.command {
+            Command::Train(_) | Command::Bench(_) => Workload::Training,
+            _ => Workload::Other,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -50,9 +50,17 @@ pub fn read_cpuinfo() -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// Whether the CPU flags ([`read_cpuinfo`]) list a native bf16 instruction set.
+/// Whether the CPU flags ([`read_cpuinfo`]) list a native bf16 instruction set and oneDNN may use it: a cap below
+/// bf16 in `ONEDNN_MAX_CPU_ISA` (bench/compare.sh --isa avx2 sets one) leaves bf16 emulated.
 pub fn cpu_has_native_bf16() -> bool {
-    read_cpuinfo().is_some_and(|info| flags_have_native_bf16(&info))
+    let capped = std::env::var("ONEDNN_MAX_CPU_ISA").is_ok_and(|cap| isa_cap_excludes_bf16(&cap));
+    !capped && read_cpuinfo().is_some_and(|info| flags_have_native_bf16(&info))
+}
+
+/// Whether oneDNN's instruction-set cap names a set without bf16 instructions.
+fn isa_cap_excludes_bf16(cap: &str) -> bool {
+    const BELOW_BF16: [&str; 6] = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"];
+    BELOW_BF16.contains(&cap.trim().to_ascii_uppercase().as_str())
 }
 
 /// Whether the `flags` lines of a /proc/cpuinfo text name avx512_bf16 or amx_bf16.
@@ -112,6 +120,17 @@ mod tests {
         assert!(!flags_have_native_bf16(
             "flags\t: avx512_bf16x\nmodel name\t: avx512_bf16\n"
         ));
+    }
+
+    /// oneDNN caps below bf16 leave bf16 emulated; caps at or above it, and its own "ALL" and "DEFAULT", do not.
+    #[test]
+    fn an_isa_cap_below_bf16_excludes_it() {
+        for cap in ["AVX2", "avx2", "AVX512_CORE", "AVX512_CORE_VNNI", "SSE41"] {
+            assert!(isa_cap_excludes_bf16(cap), "{cap}");
+        }
+        for cap in ["AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL", "DEFAULT"] {
+            assert!(!isa_cap_excludes_bf16(cap), "{cap}");
+        }
     }
 
     #[test]

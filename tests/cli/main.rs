@@ -14,6 +14,8 @@ mod fuzz_loaders;
 mod gpu;
 mod improved_arch;
 mod kill_loop;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod page_reuse;
 mod resume_exact;
 mod sample_cli;
 mod serve_api;
