@@ -13,7 +13,7 @@ mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
-use diffuse::runtime::allocator::Workload;
+use diffuse::runtime::tuning::Workload;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,11 +54,12 @@ enum Command {
 }
 
 impl Cli {
-    /// Training commands keep every freed block for the next step; the rest return their largest ones.
+    /// The kind of work the command does, for how the allocator keeps freed memory: `train` and `bench` train
+    /// (bench times training with the training choice), the rest sample or do no tensor work.
     pub fn workload(&self) -> Workload {
         match self.command {
-            Command::Train(_) | Command::Bench(_) => Workload::Training,
-            _ => Workload::Other,
+            Command::Train(_) | Command::Bench(_) => Workload::Train,
+            _ => Workload::Sample,
         }
     }
 }

@@ -8,18 +8,12 @@
 //! removes most of that (measured in README, Performance, on an Intel Xeon with AVX512-BF16 and no AMX, 2 threads):
 //! - every command: the mmap threshold fixed at its ceiling and the trim threshold raised. cfg training faults 4x
 //!   less and takes about 8% less CPU time for the same steps, with the same peak RSS;
-//! - training (`train`, `bench`): no mmap at all, so blocks above 32 MiB (the denoiser's 100 MB activations) are
+//! - training work (`train`, `bench`): no mmap at all, so blocks above 32 MiB (the denoiser's 100 MB activations) are
 //!   reused too: the denoiser faults 4x less and trains about 1.4x faster, for about 1.3 GB more peak RSS (5.0
-//!   against 3.7 GB). Serving and sampling keep mmap for their largest blocks, so a long-lived server returns them.
+//!   against 3.7 GB). Sampling work (`sample`, `eval`, `serve` and the rest) keeps mmap for its largest blocks, so a
+//!   long-lived server returns them.
 
-/// What the process is about to do, which decides how much freed memory it keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workload {
-    /// Training steps: every freed block is kept for the next step.
-    Training,
-    /// Sampling, evaluation, serving and the rest: blocks up to 32 MiB are kept, larger ones go back to the kernel.
-    Other,
-}
+use super::tuning::Workload;
 
 /// Applies the settings above. Call once at start-up, before the first tensor. A no-op where the C library is not
 /// glibc.
@@ -34,7 +28,7 @@ pub fn keep_freed_memory(workload: Workload) {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-            if workload == Workload::Training {
+            if workload == Workload::Train {
                 libc::mallopt(libc::M_MMAP_MAX, 0);
             }
         }

@@ -53,8 +53,13 @@ pub fn read_cpuinfo() -> Option<String> {
 /// Whether the CPU flags ([`read_cpuinfo`]) list a native bf16 instruction set and oneDNN may use it: a cap below
 /// bf16 in `ONEDNN_MAX_CPU_ISA` (bench/compare.sh --isa avx2 sets one) leaves bf16 emulated.
 pub fn cpu_has_native_bf16() -> bool {
-    let capped = std::env::var("ONEDNN_MAX_CPU_ISA").is_ok_and(|cap| isa_cap_excludes_bf16(&cap));
+    let capped = onednn_isa_cap().is_some_and(|cap| isa_cap_excludes_bf16(&cap));
     !capped && read_cpuinfo().is_some_and(|info| flags_have_native_bf16(&info))
+}
+
+/// oneDNN's instruction-set cap, `ONEDNN_MAX_CPU_ISA`, when the environment sets one.
+pub fn onednn_isa_cap() -> Option<String> {
+    std::env::var_os("ONEDNN_MAX_CPU_ISA").map(|cap| cap.to_string_lossy().into_owned())
 }
 
 /// Whether oneDNN's instruction-set cap names a set without bf16 instructions.

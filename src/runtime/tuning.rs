@@ -195,8 +195,8 @@ pub fn engine() -> String {
     let mut text = std::ffi::CStr::from_bytes_until_nul(&buffer)
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if let Some(isa) = std::env::var_os("ONEDNN_MAX_CPU_ISA") {
-        text.push_str(&format!(", oneDNN ISA cap {}", isa.to_string_lossy()));
+    if let Some(isa) = crate::runtime::precision::onednn_isa_cap() {
+        text.push_str(&format!(", oneDNN ISA cap {isa}"));
     }
     text
 }
