@@ -13,7 +13,6 @@ mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
-use diffuse::runtime::tuning::Workload;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,17 +50,6 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Regenerate a run's figures from its checkpoints.
     Figures(figures::FiguresArgs),
-}
-
-impl Cli {
-    /// The kind of work the command does, for how the allocator keeps freed memory: `train` and `bench` train
-    /// (bench times training with the training choice), the rest sample or do no tensor work.
-    pub fn workload(&self) -> Workload {
-        match self.command {
-            Command::Train(_) | Command::Bench(_) => Workload::Train,
-            _ => Workload::Sample,
-        }
-    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! A training step reuses the memory the previous step freed instead of taking fresh pages from the kernel
-//! (src/runtime/allocator.rs). Counted as the minor page faults of the real binary: `diffuse bench` with 2 timed
-//! steps against 7, the same start-up and warm-up, so the difference is what 5 steady-state steps fault in.
+//! A training step, and a sampler step, reuse the memory the previous step freed instead of taking fresh pages from
+//! the kernel (jemalloc, set up in src/main.rs). Counted as the minor page faults of the real binary: the same
+//! command with few steps and with more, the same start-up and warm-up, so the difference is what the extra
+//! steady-state steps fault in.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -8,11 +9,9 @@ use std::process::{ExitStatus, Stdio};
 use crate::common::diffuse;
 
 /// Minor page faults of one `diffuse bench` run of the cfg UNet (D=64, batch 128) with `steps` timed steps.
-// libc::wait4 below reaps the child, which std cannot do while reading its resource usage.
-#[allow(clippy::zombie_processes)]
 fn bench_faults(steps: usize) -> i64 {
     let steps = steps.to_string();
-    let args = [
+    faults(&[
         "bench",
         "--model",
         "cfg",
@@ -29,7 +28,34 @@ fn bench_faults(steps: usize) -> i64 {
         "--sample-steps",
         "0",
         "--json",
-    ];
+    ])
+}
+
+/// Minor page faults of one `diffuse sample` run: 40 guided digits of the shipped cfg model (one forward pass of 80 a
+/// step) with `steps` DDIM steps.
+fn sample_faults(steps: usize, out: &std::path::Path) -> i64 {
+    let steps = steps.to_string();
+    faults(&[
+        "sample",
+        "--sampler",
+        "ddim",
+        "--steps",
+        &steps,
+        "--precision",
+        "fp32",
+        "--layout",
+        "channels-last",
+        "--threads",
+        "2",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ])
+}
+
+/// Minor page faults of the real binary run with `args`, which must succeed.
+// libc::wait4 below reaps the child, which std cannot do while reading its resource usage.
+#[allow(clippy::zombie_processes)]
+fn faults(args: &[&str]) -> i64 {
     let child = diffuse()
         .args(args)
         .stdout(Stdio::null())
@@ -43,7 +69,7 @@ fn bench_faults(steps: usize) -> i64 {
     assert_eq!(pid, child.id() as i32, "wait4: {}", std::io::Error::last_os_error());
     assert!(
         ExitStatus::from_raw(status).success(),
-        "diffuse bench failed: {status:#x}"
+        "diffuse {args:?} failed: {status:#x}"
     );
     usage.ru_minflt
 }
@@ -53,11 +79,30 @@ fn training_steps_reuse_freed_memory() {
     let short = bench_faults(2);
     let long = bench_faults(7);
     let per_step = (long - short) as f64 / 5.0;
-    // Handed back to the kernel after each step, as glibc does by default, a step's activations and gradients fault
-    // in again: about 83,000 faults a step (425,000 with 2 steps, 842,000 with 7, on the Xeon of README). Kept for
-    // the next step: 4,000-7,500 a step. The bound sits between, a factor of 3 from each.
+    // Handed back to the kernel after each step, a step's activations and gradients fault in again: about 83,000
+    // faults a step with glibc's defaults (425,000 with 2 steps, 842,000 with 7, on the Xeon of README), 432,000 with
+    // jemalloc purging at once (MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0). Kept for the next step: 4,000-7,500
+    // a step with glibc holding freed memory, under 10 with jemalloc as set up in src/main.rs. The bound sits between,
+    // a factor of 3 or more from each.
     assert!(
         per_step < 25_000.0,
         "each training step faulted in {per_step:.0} pages ({short} faults with 2 steps, {long} with 7): freed memory goes back to the kernel"
+    );
+}
+
+#[test]
+fn sampler_steps_reuse_freed_memory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("grid.png");
+    let short = sample_faults(2, &out);
+    let long = sample_faults(12, &out);
+    let per_step = (long - short) as f64 / 10.0;
+    // Handed back to the kernel as soon as they are freed (jemalloc with MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0,
+    // on the Xeon of README), a step's activations (16 MB each at a batch of 80) fault in again: about 72,000 faults a
+    // step. Kept: under 1,000 (glibc holding freed memory: 900; jemalloc as set up in src/main.rs: 1). The bound sits
+    // between, a factor of 9 from each.
+    assert!(
+        per_step < 8_000.0,
+        "each sampler step faulted in {per_step:.0} pages ({short} faults with 2 steps, {long} with 12): freed memory goes back to the kernel"
     );
 }
