@@ -14,7 +14,7 @@ mod fuzz_loaders;
 mod gpu;
 mod improved_arch;
 mod kill_loop;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 mod page_reuse;
 mod resume_exact;
 mod sample_cli;

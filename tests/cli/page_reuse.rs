@@ -8,48 +8,24 @@ use std::process::{ExitStatus, Stdio};
 
 use crate::common::diffuse;
 
-/// Minor page faults of one `diffuse bench` run of the cfg UNet (D=64, batch 128) with `steps` timed steps.
-fn bench_faults(steps: usize) -> i64 {
-    let steps = steps.to_string();
-    faults(&[
-        "bench",
-        "--model",
-        "cfg",
-        "--precision",
-        "fp32",
-        "--layout",
-        "channels-last",
-        "--threads",
-        "2",
-        "--warmup",
-        "1",
-        "--steps",
-        &steps,
-        "--sample-steps",
-        "0",
-        "--json",
-    ])
-}
+/// How each command runs on the CPU in both tests: fp32, channels-last, 2 threads.
+const ON_THE_CPU: [&str; 6] = ["--precision", "fp32", "--layout", "channels-last", "--threads", "2"];
 
-/// Minor page faults of one `diffuse sample` run: 40 guided digits of the shipped cfg model (one forward pass of 80 a
-/// step) with `steps` DDIM steps.
-fn sample_faults(steps: usize, out: &std::path::Path) -> i64 {
-    let steps = steps.to_string();
-    faults(&[
-        "sample",
-        "--sampler",
-        "ddim",
-        "--steps",
-        &steps,
-        "--precision",
-        "fp32",
-        "--layout",
-        "channels-last",
-        "--threads",
-        "2",
-        "--out",
-        out.to_str().expect("utf-8 path"),
-    ])
+/// `diffuse COMMAND... --steps few` against `--steps more` (each on the CPU as above): the faults of each run, and
+/// the faults of one extra step.
+fn faults_per_extra_step(command: &[&str], few: usize, more: usize) -> (i64, i64, f64) {
+    let run = |steps: usize| {
+        let steps = steps.to_string();
+        let args: Vec<&str> = command
+            .iter()
+            .chain(&ON_THE_CPU)
+            .copied()
+            .chain(["--steps", &steps])
+            .collect();
+        faults(&args)
+    };
+    let (short, long) = (run(few), run(more));
+    (short, long, (long - short) as f64 / (more - few) as f64)
 }
 
 /// Minor page faults of the real binary run with `args`, which must succeed.
@@ -76,9 +52,18 @@ fn faults(args: &[&str]) -> i64 {
 
 #[test]
 fn training_steps_reuse_freed_memory() {
-    let short = bench_faults(2);
-    let long = bench_faults(7);
-    let per_step = (long - short) as f64 / 5.0;
+    // The cfg UNet (D=64, batch 128), training only.
+    let bench = [
+        "bench",
+        "--model",
+        "cfg",
+        "--warmup",
+        "1",
+        "--sample-steps",
+        "0",
+        "--json",
+    ];
+    let (short, long, per_step) = faults_per_extra_step(&bench, 2, 7);
     // Handed back to the kernel after each step, a step's activations and gradients fault in again: about 83,000
     // faults a step with glibc's defaults (425,000 with 2 steps, 842,000 with 7, on the Xeon of README), 432,000 with
     // jemalloc purging at once (MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0). Kept for the next step: 4,000-7,500
@@ -94,9 +79,10 @@ fn training_steps_reuse_freed_memory() {
 fn sampler_steps_reuse_freed_memory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("grid.png");
-    let short = sample_faults(2, &out);
-    let long = sample_faults(12, &out);
-    let per_step = (long - short) as f64 / 10.0;
+    // 40 guided digits of the shipped cfg model: one forward pass of 80 a step.
+    let out = out.to_str().expect("utf-8 path");
+    let sample = ["sample", "--sampler", "ddim", "--out", out];
+    let (short, long, per_step) = faults_per_extra_step(&sample, 2, 12);
     // Handed back to the kernel as soon as they are freed (jemalloc with MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0,
     // on the Xeon of README), a step's activations (16 MB each at a batch of 80) fault in again: about 72,000 faults a
     // step. Kept: under 1,000 (glibc holding freed memory: 900; jemalloc as set up in src/main.rs: 1). The bound sits
