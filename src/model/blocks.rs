@@ -6,9 +6,13 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::runtime::bn_gelu;
+
 fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
     let config = nn::BatchNormConfig {
         ws_init: nn::Init::Const(1.0),
+        momentum: BN_MOMENTUM,
+        eps: BN_EPS,
         ..Default::default()
     };
     nn::batch_norm2d(path, channels, config)
@@ -24,8 +28,9 @@ pub enum Resample {
     Unflatten,
 }
 
-/// BatchNorm's epsilon (PyTorch's and tch's default).
+/// BatchNorm's epsilon and running-statistics momentum (PyTorch's and tch's defaults).
 const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
 
 /// conv (or transposed conv), BatchNorm2d, GELU.
 #[derive(Debug)]
@@ -84,15 +89,16 @@ impl ConvNormAct {
     /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
     /// Unflatten: [N, i, 1, 1] -> [N, o, 7, 7].
     ///
-    /// In eval mode BatchNorm is an affine map per channel, folded into the convolution's weights and bias, so
-    /// sampling runs one convolution instead of a convolution and a normalisation pass.
+    /// In training, BatchNorm and GELU run as one fused op where it applies (CPU fp32, [`bn_gelu`]). In eval mode
+    /// BatchNorm is an affine map per channel, folded into the convolution's weights and bias, so sampling runs
+    /// one convolution instead of a convolution and a normalisation pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = if train {
-            self.norm.forward_t(&self.conv(x), true)
-        } else {
-            self.forward_folded(x)
-        };
-        y.gelu("none")
+        if !train {
+            return self.forward_folded(x).gelu("none");
+        }
+        let z = self.conv(x);
+        bn_gelu::batch_norm_gelu_train(&z, &self.norm, BN_MOMENTUM, BN_EPS)
+            .unwrap_or_else(|| self.norm.forward_t(&z, true).gelu("none"))
     }
 
     fn conv(&self, x: &Tensor) -> Tensor {

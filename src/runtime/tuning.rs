@@ -186,8 +186,9 @@ extern "C" {
 }
 
 /// The engine that runs the kernels: the libtorch version, the CPU kernels ATen dispatches to (which
-/// `ATEN_CPU_CAPABILITY` can lower), and oneDNN's instruction-set cap when `ONEDNN_MAX_CPU_ISA` sets one. A new
-/// libtorch or a lowered instruction set runs other kernels, so it is measured again.
+/// `ATEN_CPU_CAPABILITY` can lower), the version of diffuse's own fused kernels, and oneDNN's instruction-set cap
+/// when `ONEDNN_MAX_CPU_ISA` sets one. A new libtorch, new fused kernels or a lowered instruction set run other
+/// kernels, so they are measured again.
 pub fn engine() -> String {
     let mut buffer = [0u8; 128];
     // SAFETY: the shim writes at most `capacity` bytes, NUL included, into the buffer.
@@ -195,6 +196,7 @@ pub fn engine() -> String {
     let mut text = std::ffi::CStr::from_bytes_until_nul(&buffer)
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
+    text.push_str(&format!(", {}", crate::runtime::bn_gelu::KERNELS));
     if let Some(isa) = crate::runtime::precision::onednn_isa_cap() {
         text.push_str(&format!(", oneDNN ISA cap {isa}"));
     }
@@ -279,6 +281,7 @@ mod tests {
         let kernels = engine.trim_start_matches("libtorch 2.11.0, ATen CPU kernels ");
         let kernels = kernels.split(',').next().unwrap_or_default();
         assert!(["DEFAULT", "AVX2", "AVX512"].contains(&kernels), "{engine}");
+        assert!(engine.contains(crate::runtime::bn_gelu::KERNELS), "{engine}");
         let old = r#"[{"cpu":"test CPU","threads":2,"native_bf16":false,"workload":"train",
             "timings":[{"precision":"fp32","layout":"channels-last","ms":1.0}]}]"#;
         let old: Vec<Measured> = serde_json::from_str(old).expect("an old record parses");

@@ -1,0 +1,437 @@
+// The loops of the fused BatchNorm + GELU training op (csrc/bn_gelu.cpp), compiled once per instruction set:
+// build.rs builds this file three times, with DIFFUSE_ISA_AVX512 (-mavx512f ...), DIFFUSE_ISA_AVX2 (-mavx2 -mfma)
+// and with neither (scalar), and csrc/bn_gelu.cpp picks the table that matches the kernels ATen itself dispatches
+// to (so ATEN_CPU_CAPABILITY lowers both alike).
+//
+// This file includes no libtorch and no C++ library templates on purpose: everything here is compiled with the
+// instruction set's flags, and an inline function shared with other files could otherwise be linked in its
+// AVX-512 form and run on a CPU without it. Everything but the one exported table has internal linkage.
+//
+// The tensor x is seen in one of two shapes (Geometry):
+// - channels-last: rows of C channels, `rows` = N*H*W of them; a block is `block_rows` consecutive rows;
+// - contiguous: N samples of C planes of `plane` = H*W values; a block is one sample.
+// Per-channel sums are computed per block (float lanes, then double) and written to partial[block * C + c], so
+// the caller's reduction over blocks, done in block order, does not depend on how blocks were shared among threads.
+#include "bn_gelu_kernels.h"
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(DIFFUSE_ISA_AVX512) || defined(DIFFUSE_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
+// The loops below call small vector helpers per element; forced inlining keeps their vectors in registers.
+#define DIFFUSE_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+// exp(x) = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2], e^r by Cephes' expf polynomial
+// (about 1 ULP); x is clamped to [-87.3, 88.7] so 2^n stays a normal float (exp(-87.3) = 1.2e-38 stands for
+// anything smaller). Kept in registers: a call into SLEEF's exp (what ATen's vectorised erf does) spills every
+// vector register around it and made these loops 1.5-2x slower than oneDNN's GELU.
+template <typename V>
+DIFFUSE_INLINE V exp_polynomial(V x) {
+    x = x.max(V::splat(-87.3f)).min(V::splat(88.7f));
+    const V n = (x * V::splat(1.44269504088896341f)).round();
+    const V r = x - n * V::splat(0.693359375f) - n * V::splat(-2.12194440e-4f);
+    V p = V::splat(1.9875691500e-4f);
+    p = p * r + V::splat(1.3981999507e-3f);
+    p = p * r + V::splat(8.3334519073e-3f);
+    p = p * r + V::splat(4.1665795894e-2f);
+    p = p * r + V::splat(1.6666665459e-1f);
+    p = p * r + V::splat(5.0000001201e-1f);
+    p = p * r * r + r + V::splat(1.0f);
+    return p.times_pow2(n);
+}
+
+// erf(x) for |x| by Abramowitz and Stegun 7.1.26 (absolute error under 1.5e-7), the sign restored: the formula
+// ATen's own vectorised erf, and so its GELU, uses. Takes e = exp(-x^2), which GELU's derivative shares.
+template <typename V>
+DIFFUSE_INLINE V erf_given_exp(V x, V e) {
+    const V one = V::splat(1.0f);
+    const V t = (V::splat(0.3275911f) * x.abs() + one).reciprocal();
+    V r = V::splat(1.061405429f);
+    r = r * t + V::splat(-1.453152027f);
+    r = r * t + V::splat(1.421413741f);
+    r = r * t + V::splat(-0.284496736f);
+    r = r * t + V::splat(0.254829592f);
+    return (one - r * t * e).sign_of(x);
+}
+
+template <typename V>
+DIFFUSE_INLINE V erf_polynomial(V x) {
+    return erf_given_exp(x, exp_polynomial(V::splat(0.0f) - x * x));
+}
+
+#if defined(DIFFUSE_ISA_AVX512)
+struct Vec {
+    static constexpr int64_t width = 16;
+    __m512 v;
+    DIFFUSE_INLINE static Vec load(const float *p) { return {_mm512_loadu_ps(p)}; }
+    DIFFUSE_INLINE static Vec splat(float x) { return {_mm512_set1_ps(x)}; }
+    DIFFUSE_INLINE void store(float *p) const { _mm512_storeu_ps(p, v); }
+    DIFFUSE_INLINE Vec operator+(Vec o) const { return {_mm512_add_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec operator-(Vec o) const { return {_mm512_sub_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec operator*(Vec o) const { return {_mm512_mul_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec abs() const { return {_mm512_abs_ps(v)}; }
+    DIFFUSE_INLINE Vec sign_of(Vec o) const { return {_mm512_or_ps(v, _mm512_and_ps(o.v, _mm512_set1_ps(-0.0f)))}; }
+    DIFFUSE_INLINE Vec max(Vec o) const { return {_mm512_max_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec min(Vec o) const { return {_mm512_min_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec round() const {
+        return {_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+    }
+    DIFFUSE_INLINE Vec times_pow2(Vec n) const { return {_mm512_scalef_ps(v, n.v)}; }
+    // 1/v: a 14-bit estimate and one Newton step (about 2^-28 relative), cheaper than a division.
+    DIFFUSE_INLINE Vec reciprocal() const {
+        const __m512 r = _mm512_rcp14_ps(v);
+        return {_mm512_mul_ps(r, _mm512_fnmadd_ps(v, r, _mm512_set1_ps(2.0f)))};
+    }
+    DIFFUSE_INLINE Vec exp() const { return exp_polynomial(*this); }
+    DIFFUSE_INLINE Vec erf() const { return erf_polynomial(*this); }
+};
+#elif defined(DIFFUSE_ISA_AVX2)
+struct Vec {
+    static constexpr int64_t width = 8;
+    __m256 v;
+    DIFFUSE_INLINE static Vec load(const float *p) { return {_mm256_loadu_ps(p)}; }
+    DIFFUSE_INLINE static Vec splat(float x) { return {_mm256_set1_ps(x)}; }
+    DIFFUSE_INLINE void store(float *p) const { _mm256_storeu_ps(p, v); }
+    DIFFUSE_INLINE Vec operator+(Vec o) const { return {_mm256_add_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec operator-(Vec o) const { return {_mm256_sub_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec operator*(Vec o) const { return {_mm256_mul_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec abs() const { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v)}; }
+    DIFFUSE_INLINE Vec sign_of(Vec o) const { return {_mm256_or_ps(v, _mm256_and_ps(o.v, _mm256_set1_ps(-0.0f)))}; }
+    DIFFUSE_INLINE Vec max(Vec o) const { return {_mm256_max_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec min(Vec o) const { return {_mm256_min_ps(v, o.v)}; }
+    DIFFUSE_INLINE Vec round() const { return {_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+    // 2^n for integral n in [-126, 127], built in the exponent field.
+    DIFFUSE_INLINE Vec times_pow2(Vec n) const {
+        const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
+        return {_mm256_mul_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)))};
+    }
+    // 1/v: a 12-bit estimate and one Newton step (about 2^-23 relative), cheaper than a division.
+    DIFFUSE_INLINE Vec reciprocal() const {
+        const __m256 r = _mm256_rcp_ps(v);
+        return {_mm256_mul_ps(r, _mm256_fnmadd_ps(v, r, _mm256_set1_ps(2.0f)))};
+    }
+    DIFFUSE_INLINE Vec exp() const { return exp_polynomial(*this); }
+    DIFFUSE_INLINE Vec erf() const { return erf_polynomial(*this); }
+};
+#else
+struct Vec {
+    static constexpr int64_t width = 1;
+    float v;
+    DIFFUSE_INLINE static Vec load(const float *p) { return {*p}; }
+    DIFFUSE_INLINE static Vec splat(float x) { return {x}; }
+    DIFFUSE_INLINE void store(float *p) const { *p = v; }
+    DIFFUSE_INLINE Vec operator+(Vec o) const { return {v + o.v}; }
+    DIFFUSE_INLINE Vec operator-(Vec o) const { return {v - o.v}; }
+    DIFFUSE_INLINE Vec operator*(Vec o) const { return {v * o.v}; }
+    DIFFUSE_INLINE Vec abs() const { return {std::fabs(v)}; }
+    DIFFUSE_INLINE Vec sign_of(Vec o) const { return {std::copysign(v, o.v)}; }
+    DIFFUSE_INLINE Vec reciprocal() const { return {1.0f / v}; }
+    DIFFUSE_INLINE Vec exp() const { return {std::exp(v)}; }
+    DIFFUSE_INLINE Vec erf() const { return {std::erf(v)}; }
+};
+#endif
+
+// Scalar forms for the tails that do not fill a vector; the same formulas with the C library's exp and erf.
+struct Scalar {
+    float v;
+    DIFFUSE_INLINE static Scalar load(const float *p) { return {*p}; }
+    DIFFUSE_INLINE static Scalar splat(float x) { return {x}; }
+    DIFFUSE_INLINE void store(float *p) const { *p = v; }
+    DIFFUSE_INLINE Scalar operator+(Scalar o) const { return {v + o.v}; }
+    DIFFUSE_INLINE Scalar operator-(Scalar o) const { return {v - o.v}; }
+    DIFFUSE_INLINE Scalar operator*(Scalar o) const { return {v * o.v}; }
+    DIFFUSE_INLINE Scalar abs() const { return {std::fabs(v)}; }
+    DIFFUSE_INLINE Scalar sign_of(Scalar o) const { return {std::copysign(v, o.v)}; }
+    DIFFUSE_INLINE Scalar reciprocal() const { return {1.0f / v}; }
+    DIFFUSE_INLINE Scalar exp() const { return {std::exp(v)}; }
+    DIFFUSE_INLINE Scalar erf() const { return {std::erf(v)}; }
+};
+
+constexpr float kSqrtHalf = 0.70710678118654752440f;  // 1/sqrt(2)
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1/sqrt(2 pi)
+
+// GELU(z) = z * Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2: the exact form (PyTorch's approximate="none").
+template <typename V>
+DIFFUSE_INLINE V gelu(V z) {
+    const V half = V::splat(0.5f), one = V::splat(1.0f);
+    return z * half * (one + (z * V::splat(kSqrtHalf)).erf());
+}
+
+// GELU'(z) = Phi(z) + z * phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi); erf(z / sqrt 2) needs the same exponential.
+template <typename V>
+DIFFUSE_INLINE V gelu_derivative(V z) {
+    const V half = V::splat(0.5f), one = V::splat(1.0f);
+    const V x = z * V::splat(kSqrtHalf);
+    const V e = (V::splat(0.0f) - x * x).exp();
+    const V cdf = half * (one + erf_given_exp(x, e));
+    return cdf + z * V::splat(kInvSqrt2Pi) * e;
+}
+
+// The per-element work of each kernel, given per-channel parameters (vectors over channels in channels-last,
+// splatted scalars in contiguous). Sums accumulate into float lanes `acc`.
+struct SumX {
+    template <typename V>
+    DIFFUSE_INLINE static void step(const float *x, V, V &acc, V &, float *, const float *) { acc = acc + V::load(x); }
+};
+struct SumSquaredDeviation {  // p0 = mean
+    template <typename V>
+    DIFFUSE_INLINE static void step(const float *x, V mean, V &acc, V &, float *, const float *) {
+        const V d = V::load(x) - mean;
+        acc = acc + d * d;
+    }
+};
+
+// Walks one block of a channels-last tensor: for each group of channels, every row of the block.
+template <typename Op>
+void sums_channels_last(const Geometry &g, const float *x, const float *param, int64_t block, double *out0,
+                        double *out1) {
+    const int64_t c_count = g.channels;
+    const int64_t row0 = block * g.block_rows;
+    const int64_t row1 = row0 + g.block_rows < g.rows ? row0 + g.block_rows : g.rows;
+    int64_t c = 0;
+    for (; c + Vec::width <= c_count; c += Vec::width) {
+        const Vec p = param ? Vec::load(param + c) : Vec::splat(0.0f);
+        Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
+        for (int64_t r = row0; r < row1; ++r) {
+            Op::step(x + r * c_count + c, p, acc0, acc1, nullptr, nullptr);
+        }
+        float lanes0[Vec::width], lanes1[Vec::width];
+        acc0.store(lanes0);
+        acc1.store(lanes1);
+        for (int64_t i = 0; i < Vec::width; ++i) {
+            out0[c + i] = lanes0[i];
+            if (out1) out1[c + i] = lanes1[i];
+        }
+    }
+    for (; c < c_count; ++c) {
+        const Scalar p = Scalar::splat(param ? param[c] : 0.0f);
+        Scalar acc0{0.0f}, acc1{0.0f};
+        for (int64_t r = row0; r < row1; ++r) {
+            Op::step(x + r * c_count + c, p, acc0, acc1, nullptr, nullptr);
+        }
+        out0[c] = acc0.v;
+        if (out1) out1[c] = acc1.v;
+    }
+}
+
+// Walks one sample of a contiguous tensor: for each channel, its plane.
+template <typename Op>
+void sums_contiguous(const Geometry &g, const float *x, const float *param, int64_t block, double *out0,
+                     double *out1) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+        const float *plane = x + (block * g.channels + c) * g.plane;
+        const float pc = param ? param[c] : 0.0f;
+        const Vec p = Vec::splat(pc);
+        Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
+        int64_t s = 0;
+        for (; s + Vec::width <= g.plane; s += Vec::width) {
+            Op::step(plane + s, p, acc0, acc1, nullptr, nullptr);
+        }
+        float lanes0[Vec::width], lanes1[Vec::width];
+        acc0.store(lanes0);
+        acc1.store(lanes1);
+        double sum0 = 0.0, sum1 = 0.0;
+        for (int64_t i = 0; i < Vec::width; ++i) {
+            sum0 += lanes0[i];
+            sum1 += lanes1[i];
+        }
+        Scalar tail0{0.0f}, tail1{0.0f};
+        for (; s < g.plane; ++s) {
+            Op::step(plane + s, Scalar::splat(pc), tail0, tail1, nullptr, nullptr);
+        }
+        out0[c] = sum0 + tail0.v;
+        if (out1) out1[c] = sum1 + tail1.v;
+    }
+}
+
+template <typename Op>
+void sums(const Geometry &g, const float *x, const float *param, int64_t b0, int64_t b1, double *partial0,
+          double *partial1) {
+    for (int64_t b = b0; b < b1; ++b) {
+        double *out0 = partial0 + b * g.channels;
+        double *out1 = partial1 ? partial1 + b * g.channels : nullptr;
+        if (g.channels_last) {
+            sums_channels_last<Op>(g, x, param, b, out0, out1);
+        } else {
+            sums_contiguous<Op>(g, x, param, b, out0, out1);
+        }
+    }
+}
+
+void sum_x(const Geometry *g, const float *x, int64_t b0, int64_t b1, double *partial) {
+    sums<SumX>(*g, x, nullptr, b0, b1, partial, nullptr);
+}
+
+void sum_squared_deviation(const Geometry *g, const float *x, const float *mean, int64_t b0, int64_t b1,
+                           double *partial) {
+    sums<SumSquaredDeviation>(*g, x, mean, b0, b1, partial, nullptr);
+}
+
+// Backward, first pass: dz = dy * GELU'(x * scale + shift), written to `dz`; sums of dz and of dz * (x - mean).
+template <typename V>
+DIFFUSE_INLINE void backward_element(const float *x, const float *dy, float *dz, V scale, V shift, V mean, V &sum_dz,
+                      V &sum_dz_dev) {
+    const V xv = V::load(x);
+    const V d = V::load(dy) * gelu_derivative(xv * scale + shift);
+    d.store(dz);
+    sum_dz = sum_dz + d;
+    sum_dz_dev = sum_dz_dev + d * (xv - mean);
+}
+
+void gelu_grad_sums(const Geometry *gp, const float *x, const float *dy, const float *scale, const float *shift,
+                    const float *mean, float *dz, int64_t b0, int64_t b1, double *partial_dz,
+                    double *partial_dz_dev) {
+    const Geometry &g = *gp;
+    const int64_t c_count = g.channels;
+    for (int64_t b = b0; b < b1; ++b) {
+        double *out0 = partial_dz + b * c_count;
+        double *out1 = partial_dz_dev + b * c_count;
+        if (g.channels_last) {
+            const int64_t row0 = b * g.block_rows;
+            const int64_t row1 = row0 + g.block_rows < g.rows ? row0 + g.block_rows : g.rows;
+            int64_t c = 0;
+            for (; c + Vec::width <= c_count; c += Vec::width) {
+                const Vec sc = Vec::load(scale + c), sh = Vec::load(shift + c), mu = Vec::load(mean + c);
+                Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
+                for (int64_t r = row0; r < row1; ++r) {
+                    const int64_t at = r * c_count + c;
+                    backward_element(x + at, dy + at, dz + at, sc, sh, mu, acc0, acc1);
+                }
+                float lanes0[Vec::width], lanes1[Vec::width];
+                acc0.store(lanes0);
+                acc1.store(lanes1);
+                for (int64_t i = 0; i < Vec::width; ++i) {
+                    out0[c + i] = lanes0[i];
+                    out1[c + i] = lanes1[i];
+                }
+            }
+            for (; c < c_count; ++c) {
+                const Scalar sc{scale[c]}, sh{shift[c]}, mu{mean[c]};
+                Scalar acc0{0.0f}, acc1{0.0f};
+                for (int64_t r = row0; r < row1; ++r) {
+                    const int64_t at = r * c_count + c;
+                    backward_element(x + at, dy + at, dz + at, sc, sh, mu, acc0, acc1);
+                }
+                out0[c] = acc0.v;
+                out1[c] = acc1.v;
+            }
+        } else {
+            for (int64_t c = 0; c < c_count; ++c) {
+                const int64_t base = (b * c_count + c) * g.plane;
+                const Vec sc = Vec::splat(scale[c]), sh = Vec::splat(shift[c]), mu = Vec::splat(mean[c]);
+                Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
+                int64_t s = 0;
+                for (; s + Vec::width <= g.plane; s += Vec::width) {
+                    backward_element(x + base + s, dy + base + s, dz + base + s, sc, sh, mu, acc0, acc1);
+                }
+                float lanes0[Vec::width], lanes1[Vec::width];
+                acc0.store(lanes0);
+                acc1.store(lanes1);
+                double sum0 = 0.0, sum1 = 0.0;
+                for (int64_t i = 0; i < Vec::width; ++i) {
+                    sum0 += lanes0[i];
+                    sum1 += lanes1[i];
+                }
+                Scalar tail0{0.0f}, tail1{0.0f};
+                for (; s < g.plane; ++s) {
+                    backward_element(x + base + s, dy + base + s, dz + base + s, Scalar{scale[c]},
+                                     Scalar{shift[c]}, Scalar{mean[c]}, tail0, tail1);
+                }
+                out0[c] = sum0 + tail0.v;
+                out1[c] = sum1 + tail1.v;
+            }
+        }
+    }
+}
+
+// Elementwise maps over blocks [b0, b1) with per-channel parameters.
+template <typename F>
+void map_blocks(const Geometry &g, int64_t b0, int64_t b1, F f) {
+    const int64_t c_count = g.channels;
+    for (int64_t b = b0; b < b1; ++b) {
+        if (g.channels_last) {
+            const int64_t row0 = b * g.block_rows;
+            const int64_t row1 = row0 + g.block_rows < g.rows ? row0 + g.block_rows : g.rows;
+            for (int64_t r = row0; r < row1; ++r) {
+                int64_t c = 0;
+                for (; c + Vec::width <= c_count; c += Vec::width) {
+                    f.template vector<Vec>(r * c_count + c, c);
+                }
+                for (; c < c_count; ++c) {
+                    f.template scalar<Scalar>(r * c_count + c, c);
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < c_count; ++c) {
+                const int64_t base = (b * c_count + c) * g.plane;
+                int64_t s = 0;
+                for (; s + Vec::width <= g.plane; s += Vec::width) {
+                    f.template splat<Vec>(base + s, c);
+                }
+                for (; s < g.plane; ++s) {
+                    f.template scalar<Scalar>(base + s, c);
+                }
+            }
+        }
+    }
+}
+
+// y = GELU(x * scale + shift).
+struct NormGelu {
+    const float *x, *scale, *shift;
+    float *y;
+    template <typename V>
+    DIFFUSE_INLINE void apply(int64_t at, V sc, V sh) const {
+        gelu(V::load(x + at) * sc + sh).store(y + at);
+    }
+    template <typename V>
+    DIFFUSE_INLINE void vector(int64_t at, int64_t c) const { apply(at, V::load(scale + c), V::load(shift + c)); }
+    template <typename V>
+    DIFFUSE_INLINE void splat(int64_t at, int64_t c) const { apply(at, V::splat(scale[c]), V::splat(shift[c])); }
+    template <typename V>
+    DIFFUSE_INLINE void scalar(int64_t at, int64_t c) const { apply(at, V::splat(scale[c]), V::splat(shift[c])); }
+};
+
+// out = k * a + p * (x - m) + r (out may be a).
+struct Affine2 {
+    const float *a, *x, *m, *k, *p, *r;
+    float *out;
+    template <typename V>
+    DIFFUSE_INLINE void apply(int64_t at, V mv, V kv, V pv, V rv) const {
+        (kv * V::load(a + at) + pv * (V::load(x + at) - mv) + rv).store(out + at);
+    }
+    template <typename V>
+    DIFFUSE_INLINE void vector(int64_t at, int64_t c) const {
+        apply(at, V::load(m + c), V::load(k + c), V::load(p + c), V::load(r + c));
+    }
+    template <typename V>
+    DIFFUSE_INLINE void splat(int64_t at, int64_t c) const {
+        apply(at, V::splat(m[c]), V::splat(k[c]), V::splat(p[c]), V::splat(r[c]));
+    }
+    template <typename V>
+    DIFFUSE_INLINE void scalar(int64_t at, int64_t c) const {
+        apply(at, V::splat(m[c]), V::splat(k[c]), V::splat(p[c]), V::splat(r[c]));
+    }
+};
+
+void norm_gelu(const Geometry *g, const float *x, const float *scale, const float *shift, float *y, int64_t b0,
+               int64_t b1) {
+    map_blocks(*g, b0, b1, NormGelu{x, scale, shift, y});
+}
+
+void affine2(const Geometry *g, const float *a, const float *x, const float *m, const float *k, const float *p,
+             const float *r, float *out, int64_t b0, int64_t b1) {
+    map_blocks(*g, b0, b1, Affine2{a, x, m, k, p, r, out});
+}
+
+}  // namespace
+
+extern "C" const BnGeluKernels *DIFFUSE_BN_GELU_TABLE() {
+    static constexpr BnGeluKernels table{sum_x, sum_squared_deviation, norm_gelu, gelu_grad_sums, affine2};
+    return &table;
+}
