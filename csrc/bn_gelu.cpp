@@ -7,7 +7,10 @@
 // - backward: one pass computes dz = dy * GELU'(z) with the per-channel sums BatchNorm's gradient needs, one more
 //   turns dz into dx in place.
 // The math is BatchNorm's (biased variance for normalising, unbiased for the running variance, the running
-// statistics updated with `momentum`) and exact GELU, z * Phi(z). Results match ATen's two ops to float rounding;
+// statistics updated with `momentum`) and exact GELU, z * Phi(z). The preceding convolution's bias may be left out
+// of x and passed here instead: BatchNorm subtracts the batch mean, so a per-channel constant cancels from its output
+// (its gradient is zero in exact arithmetic) and shows only in the running mean, where it is added. That spares the
+// convolution's bias gradient (oneDNN computes it for transposed convolutions with a slow reference loop). Results match ATen's two ops to float rounding;
 // they do not depend on the thread count (per-block sums reduced in block order).
 #include "bn_gelu_kernels.h"
 
@@ -92,7 +95,8 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
     // x [N, C, H, W] -> GELU(BatchNorm(x)) [N, C, H, W], same layout.
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &gamma,
                               const at::Tensor &beta, const at::Tensor &running_mean,
-                              const at::Tensor &running_var, double momentum, double eps) {
+                              const at::Tensor &running_var, const at::Tensor &conv_bias, double momentum,
+                              double eps) {
         const Geometry g = geometry(x);
         const BnGeluKernels &k = kernels();
         const float *xp = x.data_ptr<float>();
@@ -125,12 +129,14 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
             k.norm_gelu(&g, xp, scale_f.data_ptr<float>(), shift_f.data_ptr<float>(), y.data_ptr<float>(), b0, b1);
         });
 
-        // 3. running = (1 - momentum) * running + momentum * batch, with the unbiased variance.
+        // 3. running = (1 - momentum) * running + momentum * batch, with the unbiased variance; the batch mean of
+        //    the convolution's output includes its bias.
         float *rm = running_mean.data_ptr<float>();
         float *rv = running_var.data_ptr<float>();
         const double unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
+        const std::vector<double> bias = doubles(conv_bias);
         for (int64_t c = 0; c < c_count; ++c) {
-            rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mean[c]);
+            rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * (mean[c] + bias[c]));
             rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
         }
 
@@ -185,7 +191,8 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
             k.affine2(&g, dx.data_ptr<float>(), x.data_ptr<float>(), mean_f.data_ptr<float>(), k_f.data_ptr<float>(),
                       p_f.data_ptr<float>(), r_f.data_ptr<float>(), dx.data_ptr<float>(), b0, b1);
         });
-        return {dx, floats(dgamma), floats(sum_dz), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        return {dx,           floats(dgamma), floats(sum_dz), at::Tensor(),
+                at::Tensor(), at::Tensor(),     at::Tensor(),   at::Tensor()};
     }
 };
 
@@ -200,18 +207,22 @@ thread_local std::string last_error;
 
 extern "C" {
 
-// GELU(BatchNorm2d(x)) in training mode, as one autograd op; updates the running statistics in place.
-// Returns 1 and a new tensor handle in *out; 0 when the fused op does not apply (not a CPU fp32 4-D tensor in
-// NCHW or NHWC memory, fewer than two values per channel, or other parameters), so the caller runs ATen's ops;
+// GELU(BatchNorm2d(x + conv_bias)) in training mode, as one autograd op; updates the running statistics in place.
+// conv_bias may be null (none), and gets no gradient (it has none: see the top of this file). Returns 1 and a new
+// tensor handle in *out; 0 when the fused op does not apply (not a CPU fp32 4-D tensor in NCHW or NHWC memory, fewer
+// than two values per channel, or other parameters), so the caller runs ATen's ops;
 // -1 on an internal error, described by diffuse_bn_gelu_error().
 int diffuse_bn_gelu_train(void *x_handle, void *gamma_handle, void *beta_handle, void *running_mean_handle,
-                          void *running_var_handle, double momentum, double eps, void **out) {
+                          void *running_var_handle, void *conv_bias_handle, double momentum, double eps, void **out) {
     try {
         const at::Tensor &x = *static_cast<at::Tensor *>(x_handle);
         const at::Tensor &gamma = *static_cast<at::Tensor *>(gamma_handle);
         const at::Tensor &beta = *static_cast<at::Tensor *>(beta_handle);
         const at::Tensor &running_mean = *static_cast<at::Tensor *>(running_mean_handle);
         const at::Tensor &running_var = *static_cast<at::Tensor *>(running_var_handle);
+        // (autograd functions take no undefined tensors: no bias is a zero bias)
+        const at::Tensor conv_bias = conv_bias_handle ? static_cast<at::Tensor *>(conv_bias_handle)->detach()
+                                                      : at::zeros({x.dim() == 4 ? x.size(1) : 0}, at::kFloat);
         if (!x.defined() || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 ||
             !(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast))) {
             return 0;
@@ -219,10 +230,10 @@ int diffuse_bn_gelu_train(void *x_handle, void *gamma_handle, void *beta_handle,
         const int64_t channels = x.size(1);
         if (x.size(0) * x.size(2) * x.size(3) < 2 || !is_float_vector(gamma, channels) ||
             !is_float_vector(beta, channels) || !is_float_vector(running_mean, channels) ||
-            !is_float_vector(running_var, channels)) {
+            !is_float_vector(running_var, channels) || !is_float_vector(conv_bias, channels)) {
             return 0;
         }
-        *out = new at::Tensor(BnGelu::apply(x, gamma, beta, running_mean, running_var, momentum, eps));
+        *out = new at::Tensor(BnGelu::apply(x, gamma, beta, running_mean, running_var, conv_bias, momentum, eps));
         return 1;
     } catch (const std::exception &e) {
         last_error = e.what();

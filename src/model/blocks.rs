@@ -89,22 +89,47 @@ impl ConvNormAct {
     /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
     /// Unflatten: [N, i, 1, 1] -> [N, o, 7, 7].
     ///
-    /// In training, BatchNorm and GELU run as one fused op where it applies (CPU fp32, [`bn_gelu`]). In eval mode
-    /// BatchNorm is an affine map per channel, folded into the convolution's weights and bias, so sampling runs
-    /// one convolution instead of a convolution and a normalisation pass.
+    /// In training, BatchNorm and GELU run as one fused op where it applies (CPU fp32, [`bn_gelu`]), with the
+    /// convolution's bias left out of the convolution and given to the op for the running mean (it cancels from
+    /// BatchNorm's output). In eval mode BatchNorm is an affine map per channel, folded into the convolution's
+    /// weights and bias, so sampling runs one convolution instead of a convolution and a normalisation pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         if !train {
             return self.forward_folded(x).gelu("none");
         }
-        let z = self.conv(x);
-        bn_gelu::batch_norm_gelu_train(&z, &self.norm, BN_MOMENTUM, BN_EPS)
-            .unwrap_or_else(|| self.norm.forward_t(&z, true).gelu("none"))
+        if !bn_gelu::applies_to_input(x) {
+            return self.norm.forward_t(&self.conv(x), true).gelu("none");
+        }
+        let (weight, bias) = self.conv_parameters();
+        let z = self.conv_with(x, weight, None);
+        bn_gelu::batch_norm_gelu_train(&z, &self.norm, bias, BN_MOMENTUM, BN_EPS).unwrap_or_else(|| {
+            let z = bias.map_or_else(|| z.shallow_clone(), |b| &z + b.view([1, -1, 1, 1]));
+            self.norm.forward_t(&z, true).gelu("none")
+        })
     }
 
     fn conv(&self, x: &Tensor) -> Tensor {
         match &self.conv {
             ConvKind::Conv(c) => x.apply(c),
             ConvKind::Transposed(c) => x.apply(c),
+        }
+    }
+
+    fn conv_parameters(&self) -> (&Tensor, Option<&Tensor>) {
+        match &self.conv {
+            ConvKind::Conv(c) => (&c.ws, c.bs.as_ref()),
+            ConvKind::Transposed(c) => (&c.ws, c.bs.as_ref()),
+        }
+    }
+
+    /// This block's convolution (or transposed convolution) with the given weight and bias.
+    fn conv_with(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let (_, stride, padding) = self.resample.geometry();
+        match &self.conv {
+            ConvKind::Conv(_) => x.conv2d(weight, bias, [stride, stride], [padding, padding], [1, 1], 1),
+            ConvKind::Transposed(_) => {
+                x.conv_transpose2d(weight, bias, [stride, stride], [padding, padding], [0, 0], 1, [1, 1])
+            }
         }
     }
 
@@ -119,32 +144,15 @@ impl ConvNormAct {
             .as_ref()
             .map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
         let scale = gamma / (&norm.running_var + BN_EPS).sqrt(); // [o]
-        let folded_bias = |bias: &Option<Tensor>| {
-            let bias = bias
-                .as_ref()
-                .map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
-            (bias - &norm.running_mean) * &scale + beta
+        let (weight, bias) = self.conv_parameters();
+        let bias = bias.map_or_else(|| norm.running_mean.zeros_like(), Tensor::shallow_clone);
+        let folded_bias = (bias - &norm.running_mean) * &scale + beta;
+        // [o, i, k, k] for a convolution, [i, o, k, k] for a transposed one
+        let weight = match &self.conv {
+            ConvKind::Conv(_) => weight * scale.view([-1, 1, 1, 1]),
+            ConvKind::Transposed(_) => weight * scale.view([1, -1, 1, 1]),
         };
-        let (_, stride, padding) = self.resample.geometry();
-        match &self.conv {
-            ConvKind::Conv(c) => {
-                let weight = &c.ws * scale.view([-1, 1, 1, 1]); // [o, i, k, k]
-                let bias = folded_bias(&c.bs);
-                x.conv2d(&weight, Some(&bias), [stride, stride], [padding, padding], [1, 1], 1)
-            }
-            ConvKind::Transposed(c) => {
-                let weight = &c.ws * scale.view([1, -1, 1, 1]); // [i, o, k, k]
-                x.conv_transpose2d(
-                    &weight,
-                    Some(&folded_bias(&c.bs)),
-                    [stride, stride],
-                    [padding, padding],
-                    [0, 0],
-                    1,
-                    [1, 1],
-                )
-            }
-        }
+        self.conv_with(x, &weight, Some(&folded_bias))
     }
 }
 
@@ -250,6 +258,63 @@ mod tests {
             let folded = block.forward_t(&x, false);
             assert_eq!(folded.size(), expected.size(), "{resample:?}");
             assert!(folded.allclose(&expected, 1e-4, 1e-5, false), "{resample:?}");
+        }
+    }
+
+    /// A training pass (the fused op, the convolution's bias given to it instead) gives what conv with its bias,
+    /// train-mode BatchNorm and GELU give: output, running statistics and the weight's gradient; the bias, which
+    /// cancels from BatchNorm's output, gets no gradient.
+    #[test]
+    fn training_pass_matches_conv_then_norm_then_gelu() {
+        tch::manual_seed(5);
+        for (resample, c_in, size) in [
+            (Resample::Same, 3, 8),
+            (Resample::Down, 3, 8),
+            (Resample::Up, 3, 4),
+            (Resample::Unflatten, 3, 1),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let block = ConvNormAct::new(vs.root(), c_in, 5, resample);
+            let (weight, bias) = block.conv_parameters();
+            let bias = bias.expect("conv bias").shallow_clone();
+            tch::no_grad(|| bias.shallow_clone().copy_(&(bias.randn_like() + 2.0)));
+            let x = Tensor::randn([4, c_in, size, size], (Kind::Float, Device::Cpu));
+            let dy = Tensor::randn_like(&block.forward_t(&x, false));
+            let running = |b: &ConvNormAct| (b.norm.running_mean.copy(), b.norm.running_var.copy());
+            let (mean0, var0) = running(&block);
+
+            // libtorch's ops on copies of the statistics
+            let (mean, var) = (mean0.copy(), var0.copy());
+            let z = block.conv_with(&x, weight, Some(&bias));
+            let norm = &block.norm;
+            let expected = Tensor::batch_norm(
+                &z,
+                norm.ws.as_ref(),
+                norm.bs.as_ref(),
+                Some(&mean),
+                Some(&var),
+                true,
+                BN_MOMENTUM,
+                BN_EPS,
+                false,
+            )
+            .gelu("none");
+            let expected_grad = Tensor::run_backward(&[(&expected * &dy).sum(Kind::Float)], &[weight], false, false);
+
+            let got = block.forward_t(&x, true);
+            (&got * &dy).sum(Kind::Float).backward();
+            let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-4, 1e-5, false);
+            assert!(close(&got, &expected), "{resample:?}: output");
+            assert!(
+                close(&weight.grad(), &expected_grad[0]),
+                "{resample:?}: weight gradient"
+            );
+            let (mean1, var1) = running(&block);
+            assert!(
+                close(&mean1, &mean) && close(&var1, &var),
+                "{resample:?}: running statistics"
+            );
+            assert!(!bias.grad().defined(), "{resample:?}: the bias has no gradient");
         }
     }
 }

@@ -8,8 +8,10 @@
 
 use std::ffi::{c_char, CStr};
 
-use tch::{nn, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 use torch_sys::C_tensor;
+
+use crate::runtime::precision;
 
 /// Names these kernels in the tuning cache's key (`runtime::tuning::engine`): change it whenever the C++ changes
 /// their speed, so that every machine measures its precision and layout choice again.
@@ -22,6 +24,7 @@ extern "C" {
         beta: *mut C_tensor,
         running_mean: *mut C_tensor,
         running_var: *mut C_tensor,
+        conv_bias: *mut C_tensor,
         momentum: f64,
         eps: f64,
         out: *mut *mut C_tensor,
@@ -33,9 +36,21 @@ fn raw(t: &Tensor) -> *mut C_tensor {
     t.as_ptr() as *mut C_tensor
 }
 
-/// GELU(BatchNorm(x)) in training mode for x [N, C, H, W], updating `norm`'s running statistics with `momentum`;
-/// None where the fused op does not apply, and the caller should run libtorch's ops.
-pub fn batch_norm_gelu_train(x: &Tensor, norm: &nn::BatchNorm, momentum: f64, eps: f64) -> Option<Tensor> {
+/// Whether the fused op can take the output of a convolution of `x`: on the CPU, in fp32, outside autocast.
+pub fn applies_to_input(x: &Tensor) -> bool {
+    x.device() == Device::Cpu && x.kind() == Kind::Float && !precision::autocast_enabled(Device::Cpu)
+}
+
+/// GELU(BatchNorm(x + conv_bias)) in training mode for x [N, C, H, W] and an optional conv_bias [C], updating
+/// `norm`'s running statistics with `momentum`; None where the fused op does not apply, and the caller should run
+/// libtorch's ops.
+pub fn batch_norm_gelu_train(
+    x: &Tensor,
+    norm: &nn::BatchNorm,
+    conv_bias: Option<&Tensor>,
+    momentum: f64,
+    eps: f64,
+) -> Option<Tensor> {
     let (gamma, beta) = (norm.ws.as_ref()?, norm.bs.as_ref()?);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: every handle is a live at::Tensor; on success the shim hands over a fresh heap-allocated handle,
@@ -47,6 +62,7 @@ pub fn batch_norm_gelu_train(x: &Tensor, norm: &nn::BatchNorm, momentum: f64, ep
             raw(beta),
             raw(&norm.running_mean),
             raw(&norm.running_var),
+            conv_bias.map_or(std::ptr::null_mut(), raw),
             momentum,
             eps,
             &mut out,
@@ -74,8 +90,9 @@ mod tests {
     const EPS: f64 = 1e-5;
 
     /// The output, the gradients of x, gamma and beta for an upstream gradient `dy`, and the running statistics
-    /// after one step, from the fused op (`fused`) or from libtorch's batch_norm and gelu.
-    fn run(x: &Tensor, dy: &Tensor, fused: bool) -> Vec<Tensor> {
+    /// after one step, for x + bias (a convolution's bias): from the fused op given x and the bias (`fused`), or
+    /// from libtorch's batch_norm and gelu given x + bias.
+    fn run(x: &Tensor, bias: &Tensor, dy: &Tensor, fused: bool) -> Vec<Tensor> {
         let vs = nn::VarStore::new(Device::Cpu);
         let channels = x.size()[1];
         let mut norm = nn::batch_norm2d(vs.root(), channels, Default::default());
@@ -95,10 +112,10 @@ mod tests {
         });
         let x = x.detach().set_requires_grad(true);
         let y = if fused {
-            batch_norm_gelu_train(&x, &norm, MOMENTUM, EPS).expect("the fused op applies to CPU fp32")
+            batch_norm_gelu_train(&x, &norm, Some(bias), MOMENTUM, EPS).expect("the fused op applies to CPU fp32")
         } else {
             Tensor::batch_norm(
-                &x,
+                &(&x + bias.view([1, -1, 1, 1])),
                 norm.ws.as_ref(),
                 norm.bs.as_ref(),
                 Some(&norm.running_mean),
@@ -142,8 +159,9 @@ mod tests {
             for layout in [Layout::ChannelsLast, Layout::Contiguous] {
                 let x = layout.apply(&(Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 2.0 + offset));
                 let dy = layout.apply(&Tensor::randn(shape, (Kind::Float, Device::Cpu)));
-                let fused = run(&x, &dy, true);
-                let reference = run(&x, &dy, false);
+                let bias = Tensor::randn([shape[1]], (Kind::Float, Device::Cpu));
+                let fused = run(&x, &bias, &dy, true);
+                let reference = run(&x, &bias, &dy, false);
                 assert_eq!(
                     crate::runtime::layout::is_channels_last(&fused[0]),
                     crate::runtime::layout::is_channels_last(&x),
@@ -167,13 +185,15 @@ mod tests {
     fn leaves_other_devices_precisions_and_shapes_to_libtorch() {
         let vs = nn::VarStore::new(Device::Cpu);
         let norm = nn::batch_norm2d(vs.root(), 4, Default::default());
+        let fused = |x: &Tensor| batch_norm_gelu_train(x, &norm, None, MOMENTUM, EPS);
         let bf16 = Tensor::randn([2, 4, 3, 3], (Kind::BFloat16, Device::Cpu));
-        assert!(batch_norm_gelu_train(&bf16, &norm, MOMENTUM, EPS).is_none());
+        assert!(fused(&bf16).is_none());
         let strided = Tensor::randn([2, 4, 3, 6], (Kind::Float, Device::Cpu)).slice(3, 0, 6, 2);
-        assert!(batch_norm_gelu_train(&strided, &norm, MOMENTUM, EPS).is_none());
+        assert!(fused(&strided).is_none());
         let one_value_per_channel = Tensor::randn([1, 4, 1, 1], (Kind::Float, Device::Cpu));
-        assert!(batch_norm_gelu_train(&one_value_per_channel, &norm, MOMENTUM, EPS).is_none());
+        assert!(fused(&one_value_per_channel).is_none());
         let fp32 = Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu));
-        assert!(batch_norm_gelu_train(&fp32, &norm, MOMENTUM, EPS).is_some());
+        assert!(fused(&fp32).is_some() && applies_to_input(&fp32));
+        assert!(!applies_to_input(&bf16));
     }
 }
