@@ -64,6 +64,24 @@ DIFFUSE_INLINE V erf_polynomial(V x) {
     return erf_given_exp(x, exp_polynomial(V::splat(0.0f) - x * x));
 }
 
+// One float: the tails that do not fill a vector, and the whole work of the build without vector instructions; the
+// same formulas with the C library's exp and erf.
+struct Scalar {
+    static constexpr int64_t width = 1;
+    float v;
+    DIFFUSE_INLINE static Scalar load(const float *p) { return {*p}; }
+    DIFFUSE_INLINE static Scalar splat(float x) { return {x}; }
+    DIFFUSE_INLINE void store(float *p) const { *p = v; }
+    DIFFUSE_INLINE Scalar operator+(Scalar o) const { return {v + o.v}; }
+    DIFFUSE_INLINE Scalar operator-(Scalar o) const { return {v - o.v}; }
+    DIFFUSE_INLINE Scalar operator*(Scalar o) const { return {v * o.v}; }
+    DIFFUSE_INLINE Scalar abs() const { return {std::fabs(v)}; }
+    DIFFUSE_INLINE Scalar sign_of(Scalar o) const { return {std::copysign(v, o.v)}; }
+    DIFFUSE_INLINE Scalar reciprocal() const { return {1.0f / v}; }
+    DIFFUSE_INLINE Scalar exp() const { return {std::exp(v)}; }
+    DIFFUSE_INLINE Scalar erf() const { return {std::erf(v)}; }
+};
+
 #if defined(DIFFUSE_ISA_AVX512)
 struct Vec {
     static constexpr int64_t width = 16;
@@ -119,38 +137,8 @@ struct Vec {
     DIFFUSE_INLINE Vec erf() const { return erf_polynomial(*this); }
 };
 #else
-struct Vec {
-    static constexpr int64_t width = 1;
-    float v;
-    DIFFUSE_INLINE static Vec load(const float *p) { return {*p}; }
-    DIFFUSE_INLINE static Vec splat(float x) { return {x}; }
-    DIFFUSE_INLINE void store(float *p) const { *p = v; }
-    DIFFUSE_INLINE Vec operator+(Vec o) const { return {v + o.v}; }
-    DIFFUSE_INLINE Vec operator-(Vec o) const { return {v - o.v}; }
-    DIFFUSE_INLINE Vec operator*(Vec o) const { return {v * o.v}; }
-    DIFFUSE_INLINE Vec abs() const { return {std::fabs(v)}; }
-    DIFFUSE_INLINE Vec sign_of(Vec o) const { return {std::copysign(v, o.v)}; }
-    DIFFUSE_INLINE Vec reciprocal() const { return {1.0f / v}; }
-    DIFFUSE_INLINE Vec exp() const { return {std::exp(v)}; }
-    DIFFUSE_INLINE Vec erf() const { return {std::erf(v)}; }
-};
+using Vec = Scalar;
 #endif
-
-// Scalar forms for the tails that do not fill a vector; the same formulas with the C library's exp and erf.
-struct Scalar {
-    float v;
-    DIFFUSE_INLINE static Scalar load(const float *p) { return {*p}; }
-    DIFFUSE_INLINE static Scalar splat(float x) { return {x}; }
-    DIFFUSE_INLINE void store(float *p) const { *p = v; }
-    DIFFUSE_INLINE Scalar operator+(Scalar o) const { return {v + o.v}; }
-    DIFFUSE_INLINE Scalar operator-(Scalar o) const { return {v - o.v}; }
-    DIFFUSE_INLINE Scalar operator*(Scalar o) const { return {v * o.v}; }
-    DIFFUSE_INLINE Scalar abs() const { return {std::fabs(v)}; }
-    DIFFUSE_INLINE Scalar sign_of(Scalar o) const { return {std::copysign(v, o.v)}; }
-    DIFFUSE_INLINE Scalar reciprocal() const { return {1.0f / v}; }
-    DIFFUSE_INLINE Scalar exp() const { return {std::exp(v)}; }
-    DIFFUSE_INLINE Scalar erf() const { return {std::erf(v)}; }
-};
 
 constexpr float kSqrtHalf = 0.70710678118654752440f;  // 1/sqrt(2)
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1/sqrt(2 pi)
@@ -172,104 +160,91 @@ DIFFUSE_INLINE V gelu_derivative(V z) {
     return cdf + z * V::splat(kInvSqrt2Pi) * e;
 }
 
-// The per-element work of each kernel, given per-channel parameters (vectors over channels in channels-last,
-// splatted scalars in contiguous). Sums accumulate into float lanes `acc`.
+// The per-element work of the sums, given a per-channel parameter (a vector over channels in channels-last, a
+// splatted scalar in contiguous). Sums accumulate into float lanes `acc`.
 struct SumX {
     template <typename V>
-    DIFFUSE_INLINE static void step(const float *x, V, V &acc, V &, float *, const float *) { acc = acc + V::load(x); }
+    DIFFUSE_INLINE static void step(const float *x, V, V &acc) { acc = acc + V::load(x); }
 };
-struct SumSquaredDeviation {  // p0 = mean
+struct SumSquaredDeviation {  // the parameter is the mean
     template <typename V>
-    DIFFUSE_INLINE static void step(const float *x, V mean, V &acc, V &, float *, const float *) {
+    DIFFUSE_INLINE static void step(const float *x, V mean, V &acc) {
         const V d = V::load(x) - mean;
         acc = acc + d * d;
     }
 };
 
+// Sums over rows [row0, row1) of a channels-last tensor, for the channels [c, c + V::width).
+template <typename Op, typename V>
+void column_sums(const Geometry &g, const float *x, V param, int64_t row0, int64_t row1, int64_t c, double *out) {
+    V acc = V::splat(0.0f);
+    for (int64_t r = row0; r < row1; ++r) {
+        Op::step(x + r * g.channels + c, param, acc);
+    }
+    float lanes[V::width];
+    acc.store(lanes);
+    for (int64_t i = 0; i < V::width; ++i) {
+        out[c + i] = lanes[i];
+    }
+}
+
 // Walks one block of a channels-last tensor: for each group of channels, every row of the block.
 template <typename Op>
-void sums_channels_last(const Geometry &g, const float *x, const float *param, int64_t block, double *out0,
-                        double *out1) {
-    const int64_t c_count = g.channels;
+void sums_channels_last(const Geometry &g, const float *x, const float *param, int64_t block, double *out) {
     const int64_t row0 = block * g.block_rows;
     const int64_t row1 = row0 + g.block_rows < g.rows ? row0 + g.block_rows : g.rows;
     int64_t c = 0;
-    for (; c + Vec::width <= c_count; c += Vec::width) {
-        const Vec p = param ? Vec::load(param + c) : Vec::splat(0.0f);
-        Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
-        for (int64_t r = row0; r < row1; ++r) {
-            Op::step(x + r * c_count + c, p, acc0, acc1, nullptr, nullptr);
-        }
-        float lanes0[Vec::width], lanes1[Vec::width];
-        acc0.store(lanes0);
-        acc1.store(lanes1);
-        for (int64_t i = 0; i < Vec::width; ++i) {
-            out0[c + i] = lanes0[i];
-            if (out1) out1[c + i] = lanes1[i];
-        }
+    for (; c + Vec::width <= g.channels; c += Vec::width) {
+        column_sums<Op>(g, x, param ? Vec::load(param + c) : Vec::splat(0.0f), row0, row1, c, out);
     }
-    for (; c < c_count; ++c) {
-        const Scalar p = Scalar::splat(param ? param[c] : 0.0f);
-        Scalar acc0{0.0f}, acc1{0.0f};
-        for (int64_t r = row0; r < row1; ++r) {
-            Op::step(x + r * c_count + c, p, acc0, acc1, nullptr, nullptr);
-        }
-        out0[c] = acc0.v;
-        if (out1) out1[c] = acc1.v;
+    for (; c < g.channels; ++c) {
+        column_sums<Op>(g, x, Scalar::splat(param ? param[c] : 0.0f), row0, row1, c, out);
     }
 }
 
 // Walks one sample of a contiguous tensor: for each channel, its plane.
 template <typename Op>
-void sums_contiguous(const Geometry &g, const float *x, const float *param, int64_t block, double *out0,
-                     double *out1) {
+void sums_contiguous(const Geometry &g, const float *x, const float *param, int64_t block, double *out) {
     for (int64_t c = 0; c < g.channels; ++c) {
         const float *plane = x + (block * g.channels + c) * g.plane;
         const float pc = param ? param[c] : 0.0f;
-        const Vec p = Vec::splat(pc);
-        Vec acc0 = Vec::splat(0.0f), acc1 = Vec::splat(0.0f);
+        Vec acc = Vec::splat(0.0f);
         int64_t s = 0;
         for (; s + Vec::width <= g.plane; s += Vec::width) {
-            Op::step(plane + s, p, acc0, acc1, nullptr, nullptr);
+            Op::step(plane + s, Vec::splat(pc), acc);
         }
-        float lanes0[Vec::width], lanes1[Vec::width];
-        acc0.store(lanes0);
-        acc1.store(lanes1);
-        double sum0 = 0.0, sum1 = 0.0;
+        float lanes[Vec::width];
+        acc.store(lanes);
+        double sum = 0.0;
         for (int64_t i = 0; i < Vec::width; ++i) {
-            sum0 += lanes0[i];
-            sum1 += lanes1[i];
+            sum += lanes[i];
         }
-        Scalar tail0{0.0f}, tail1{0.0f};
+        Scalar tail{0.0f};
         for (; s < g.plane; ++s) {
-            Op::step(plane + s, Scalar::splat(pc), tail0, tail1, nullptr, nullptr);
+            Op::step(plane + s, Scalar::splat(pc), tail);
         }
-        out0[c] = sum0 + tail0.v;
-        if (out1) out1[c] = sum1 + tail1.v;
+        out[c] = sum + tail.v;
     }
 }
 
 template <typename Op>
-void sums(const Geometry &g, const float *x, const float *param, int64_t b0, int64_t b1, double *partial0,
-          double *partial1) {
+void sums(const Geometry &g, const float *x, const float *param, int64_t b0, int64_t b1, double *partial) {
     for (int64_t b = b0; b < b1; ++b) {
-        double *out0 = partial0 + b * g.channels;
-        double *out1 = partial1 ? partial1 + b * g.channels : nullptr;
         if (g.channels_last) {
-            sums_channels_last<Op>(g, x, param, b, out0, out1);
+            sums_channels_last<Op>(g, x, param, b, partial + b * g.channels);
         } else {
-            sums_contiguous<Op>(g, x, param, b, out0, out1);
+            sums_contiguous<Op>(g, x, param, b, partial + b * g.channels);
         }
     }
 }
 
 void sum_x(const Geometry *g, const float *x, int64_t b0, int64_t b1, double *partial) {
-    sums<SumX>(*g, x, nullptr, b0, b1, partial, nullptr);
+    sums<SumX>(*g, x, nullptr, b0, b1, partial);
 }
 
 void sum_squared_deviation(const Geometry *g, const float *x, const float *mean, int64_t b0, int64_t b1,
                            double *partial) {
-    sums<SumSquaredDeviation>(*g, x, mean, b0, b1, partial, nullptr);
+    sums<SumSquaredDeviation>(*g, x, mean, b0, b1, partial);
 }
 
 // Backward, first pass: dz = dy * GELU'(x * scale + shift), written to `dz`; sums of dz and of dz * (x - mean).

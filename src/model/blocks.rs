@@ -109,10 +109,8 @@ impl ConvNormAct {
     }
 
     fn conv(&self, x: &Tensor) -> Tensor {
-        match &self.conv {
-            ConvKind::Conv(c) => x.apply(c),
-            ConvKind::Transposed(c) => x.apply(c),
-        }
+        let (weight, bias) = self.conv_parameters();
+        self.conv_with(x, weight, bias)
     }
 
     fn conv_parameters(&self) -> (&Tensor, Option<&Tensor>) {
@@ -232,16 +230,19 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// Every resampling, with input channels and an input size it fits.
+    const RESAMPLES: [(Resample, i64, i64); 4] = [
+        (Resample::Same, 3, 8),
+        (Resample::Down, 3, 8),
+        (Resample::Up, 3, 4),
+        (Resample::Unflatten, 3, 1),
+    ];
+
     /// The folded eval path gives what conv followed by eval-mode BatchNorm gives, for every resampling.
     #[test]
     fn folded_batch_norm_matches_conv_then_norm() {
         tch::manual_seed(3);
-        for (resample, c_in, size) in [
-            (Resample::Same, 3, 8),
-            (Resample::Down, 3, 8),
-            (Resample::Up, 3, 4),
-            (Resample::Unflatten, 3, 1),
-        ] {
+        for (resample, c_in, size) in RESAMPLES {
             let vs = nn::VarStore::new(Device::Cpu);
             let block = ConvNormAct::new(vs.root(), c_in, 5, resample);
             let x = Tensor::randn([4, c_in, size, size], (Kind::Float, Device::Cpu));
@@ -267,12 +268,7 @@ mod tests {
     #[test]
     fn training_pass_matches_conv_then_norm_then_gelu() {
         tch::manual_seed(5);
-        for (resample, c_in, size) in [
-            (Resample::Same, 3, 8),
-            (Resample::Down, 3, 8),
-            (Resample::Up, 3, 4),
-            (Resample::Unflatten, 3, 1),
-        ] {
+        for (resample, c_in, size) in RESAMPLES {
             let vs = nn::VarStore::new(Device::Cpu);
             let block = ConvNormAct::new(vs.root(), c_in, 5, resample);
             let (weight, bias) = block.conv_parameters();
