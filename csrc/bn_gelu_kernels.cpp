@@ -338,7 +338,7 @@ void map_blocks(const Geometry &g, int64_t b0, int64_t b1, F f) {
                     f.template vector<Vec>(r * c_count + c, c);
                 }
                 for (; c < c_count; ++c) {
-                    f.template scalar<Scalar>(r * c_count + c, c);
+                    f.template splat<Scalar>(r * c_count + c, c);
                 }
             }
         } else {
@@ -349,7 +349,7 @@ void map_blocks(const Geometry &g, int64_t b0, int64_t b1, F f) {
                     f.template splat<Vec>(base + s, c);
                 }
                 for (; s < g.plane; ++s) {
-                    f.template scalar<Scalar>(base + s, c);
+                    f.template splat<Scalar>(base + s, c);
                 }
             }
         }
@@ -368,8 +368,6 @@ struct NormGelu {
     DIFFUSE_INLINE void vector(int64_t at, int64_t c) const { apply(at, V::load(scale + c), V::load(shift + c)); }
     template <typename V>
     DIFFUSE_INLINE void splat(int64_t at, int64_t c) const { apply(at, V::splat(scale[c]), V::splat(shift[c])); }
-    template <typename V>
-    DIFFUSE_INLINE void scalar(int64_t at, int64_t c) const { apply(at, V::splat(scale[c]), V::splat(shift[c])); }
 };
 
 // out = k * a + p * (x - m) + r (out may be a).
@@ -386,10 +384,6 @@ struct Affine2 {
     }
     template <typename V>
     DIFFUSE_INLINE void splat(int64_t at, int64_t c) const {
-        apply(at, V::splat(m[c]), V::splat(k[c]), V::splat(p[c]), V::splat(r[c]));
-    }
-    template <typename V>
-    DIFFUSE_INLINE void scalar(int64_t at, int64_t c) const {
         apply(at, V::splat(m[c]), V::splat(k[c]), V::splat(p[c]), V::splat(r[c]));
     }
 };

@@ -11,7 +11,7 @@ use std::ffi::{c_char, CStr};
 use tch::{nn, Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
-use crate::runtime::precision;
+use crate::runtime::{precision, raw};
 
 /// Names these kernels in the tuning cache's key (`runtime::tuning::engine`): change it whenever the C++ changes
 /// their speed, so that every machine measures its precision and layout choice again.
@@ -30,10 +30,6 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> i32;
     fn diffuse_bn_gelu_error() -> *const c_char;
-}
-
-fn raw(t: &Tensor) -> *mut C_tensor {
-    t.as_ptr() as *mut C_tensor
 }
 
 /// Whether the fused op can take the output of a convolution of `x`: on the CPU, in fp32, outside autocast.

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::runtime::raw;
+
 /// The `--layout` flag.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -45,10 +47,6 @@ extern "C" {
     fn diffuse_channels_last(tensor: *mut C_tensor) -> *mut C_tensor;
     fn diffuse_make_channels_last(tensor: *mut C_tensor);
     fn diffuse_is_channels_last(tensor: *mut C_tensor) -> i32;
-}
-
-fn raw(t: &Tensor) -> *mut C_tensor {
-    t.as_ptr() as *mut C_tensor
 }
 
 /// The same values in channels-last layout (4-D tensors; others are returned as they are).

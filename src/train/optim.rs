@@ -13,6 +13,7 @@ use torch_sys::C_tensor;
 
 use crate::io::tensor_file::{self, TensorFileError};
 pub use crate::run::config::AdamConfig;
+use crate::runtime::raw;
 
 pub struct Adam {
     config: AdamConfig,
@@ -42,7 +43,7 @@ extern "C" {
 }
 
 fn handles(tensors: &[&Tensor]) -> Vec<*mut C_tensor> {
-    tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+    tensors.iter().map(|t| raw(t)).collect()
 }
 
 impl Adam {
