@@ -5,15 +5,31 @@
 //   optimizer step).
 // - the channels-last memory format, which makes oneDNN convolutions markedly faster on CPU, bf16 above all.
 // - the engine's version and the CPU kernels ATen dispatches to, which key the cached tuning measurement.
+// - oneDNN's convolution with GELU as a post-op (src/runtime/conv_gelu.rs), which ATen registers for Inductor only.
 #include <ATen/ATen.h>
 #include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/core/GradMode.h>
 #include <torch/headeronly/version.h>
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
+
+namespace {
+
+thread_local std::string conv_gelu_error;
+
+// One of ATen's oneDNN fusion ops, if this libtorch has it (builds without oneDNN register none).
+std::optional<c10::OperatorHandle> mkldnn_op(const char *name) {
+    return c10::Dispatcher::singleton().findSchema({name, ""});
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -69,6 +85,13 @@ int diffuse_is_channels_last(void *tensor) {
     return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0;
 }
 
+// ATen's own reading of a tensor's layout (suggest_memory_format), which a convolution uses to pick its output's
+// layout: unlike is_contiguous, it tells the two apart for shapes where both hold (one channel, 1x1 images).
+int diffuse_suggests_channels_last(void *tensor) {
+    const at::Tensor &t = *static_cast<at::Tensor *>(tensor);
+    return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? 1 : 0;
+}
+
 // One Adam update of every parameter with ATen's fused kernel (a single multi-tensor launch on CUDA, one
 // vectorised pass on CPU) instead of several elementwise ops per parameter. `steps` are float scalar tensors holding
 // the completed step count; like torch.optim.Adam, they are incremented here before the kernel reads them. Runs
@@ -90,5 +113,53 @@ void diffuse_fused_adam(void **params, void **grads, void **exp_avgs, void **exp
     at::_fused_adam_(p, g, m, v, {}, s, lr, beta1, beta2, /*weight_decay=*/0.0, eps, /*amsgrad=*/false,
                      /*maximize=*/false);
 }
+
+// GELU(conv(x, weight) + bias), or of the transposed convolution (weight [in, out, k, k]), with stride and padding
+// the same along both axes, and GELU (exact, erf) applied by oneDNN inside the convolution as a post-op instead of
+// a separate pass over the output. Inference only: ATen registers no gradient for these ops. Returns 1 and a new
+// tensor handle in *out; 0 where it does not apply (not a 4-D CPU fp32 input outside autocast, autograd recording,
+// or a libtorch without the op), and the caller runs ATen's convolution and GELU; -1 on an error, described by
+// diffuse_conv_gelu_error().
+int diffuse_conv_gelu(void *x_handle, void *weight_handle, void *bias_handle, int64_t stride, int64_t padding,
+                      int transposed, void **out) {
+    try {
+        const at::Tensor &x = *static_cast<at::Tensor *>(x_handle);
+        const at::Tensor &weight = *static_cast<at::Tensor *>(weight_handle);
+        const std::optional<at::Tensor> bias =
+            bias_handle ? std::optional<at::Tensor>(*static_cast<at::Tensor *>(bias_handle)) : std::nullopt;
+        const bool recording = c10::GradMode::is_enabled() &&
+                               (x.requires_grad() || weight.requires_grad() || (bias && bias->requires_grad()));
+        if (!x.defined() || !x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat ||
+            weight.scalar_type() != at::kFloat || recording || at::autocast::is_autocast_enabled(at::kCPU)) {
+            return 0;
+        }
+        static const auto convolution = mkldnn_op("mkldnn::_convolution_pointwise");
+        static const auto transposed_convolution = mkldnn_op("mkldnn::_convolution_transpose_pointwise");
+        const auto &op = transposed ? transposed_convolution : convolution;
+        if (!op) {
+            return 0;
+        }
+        const std::vector<int64_t> strides{stride, stride}, paddings{padding, padding}, ones{1, 1}, zeros{0, 0};
+        const c10::List<std::optional<at::Scalar>> no_scalars;
+        // The ops' schemas: (X, W, B, padding, [output_padding,] stride, dilation, groups, attr, scalars, algorithm).
+        torch::jit::Stack stack{x, weight, bias, paddings};
+        if (transposed) {
+            stack.emplace_back(zeros);
+        }
+        for (c10::IValue v : {c10::IValue(strides), c10::IValue(ones), c10::IValue(int64_t{1}),
+                              c10::IValue(std::string("gelu")), c10::IValue(no_scalars),
+                              c10::IValue(std::string("none"))}) {
+            stack.push_back(std::move(v));
+        }
+        op->callBoxed(&stack);
+        *out = new at::Tensor(stack.at(0).toTensor());
+        return 1;
+    } catch (const std::exception &e) {
+        conv_gelu_error = e.what();
+        return -1;
+    }
+}
+
+const char *diffuse_conv_gelu_error() { return conv_gelu_error.c_str(); }
 
 }

@@ -6,7 +6,9 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::matmul_conv;
 use crate::runtime::bn_gelu;
+use crate::runtime::conv_gelu::{conv_gelu, Direction};
 
 fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
     let config = nn::BatchNormConfig {
@@ -94,23 +96,29 @@ impl ConvNormAct {
     /// BatchNorm's output). In eval mode BatchNorm is an affine map per channel, folded into the convolution's
     /// weights and bias, so sampling runs one convolution instead of a convolution and a normalisation pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_cat_t(&[x], train)
+    }
+
+    /// [`Self::forward_t`] of the concatenation of `parts` along the channels, without the concatenated copy: the
+    /// convolution of a concatenation is the sum of each part's convolution by its slice of the weight.
+    pub fn forward_cat_t(&self, parts: &[&Tensor], train: bool) -> Tensor {
         if !train {
-            return self.forward_folded(x).gelu("none");
+            return self.forward_folded(parts);
         }
-        if !bn_gelu::applies_to_input(x) {
-            return self.norm.forward_t(&self.conv(x), true).gelu("none");
+        if !bn_gelu::applies_to_input(parts[0]) {
+            return self.norm.forward_t(&self.conv(parts), true).gelu("none");
         }
         let (weight, bias) = self.conv_parameters();
-        let z = self.conv_with(x, weight, None);
+        let z = self.conv_with(parts, weight, None);
         bn_gelu::batch_norm_gelu_train(&z, &self.norm, bias, BN_MOMENTUM, BN_EPS).unwrap_or_else(|| {
             let z = bias.map_or_else(|| z.shallow_clone(), |b| &z + b.view([1, -1, 1, 1]));
             self.norm.forward_t(&z, true).gelu("none")
         })
     }
 
-    fn conv(&self, x: &Tensor) -> Tensor {
+    fn conv(&self, parts: &[&Tensor]) -> Tensor {
         let (weight, bias) = self.conv_parameters();
-        self.conv_with(x, weight, bias)
+        self.conv_with(parts, weight, bias)
     }
 
     fn conv_parameters(&self) -> (&Tensor, Option<&Tensor>) {
@@ -120,20 +128,45 @@ impl ConvNormAct {
         }
     }
 
-    /// This block's convolution (or transposed convolution) with the given weight and bias.
-    fn conv_with(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    /// This block's convolution (or transposed convolution) of the channel-wise concatenation of `parts`, with the
+    /// given weight and bias: each part by its slice of the weight's input channels, summed.
+    fn conv_with(&self, parts: &[&Tensor], weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let [x] = parts else {
+            // Input channels are dimension 1 of a convolution's weight [o, i, k, k], 0 of a transposed one's.
+            let dim = match self.conv {
+                ConvKind::Conv(_) => 1,
+                ConvKind::Transposed(_) => 0,
+            };
+            let mut offset = 0;
+            let mut sum: Option<Tensor> = None;
+            for part in parts {
+                let channels = part.size()[1];
+                let slice = weight.narrow(dim, offset, channels);
+                offset += channels;
+                let y = self.conv_with(&[part], &slice, if sum.is_none() { bias } else { None });
+                sum = Some(sum.map_or(y.shallow_clone(), |s| s + y));
+            }
+            return sum.expect("at least one part");
+        };
         let (_, stride, padding) = self.resample.geometry();
-        match &self.conv {
+        let edge = match self.resample {
+            Resample::Same => matmul_conv::conv_from_one_channel(x, weight, bias),
+            Resample::Unflatten => matmul_conv::conv_transpose_of_1x1(x, weight, bias),
+            Resample::Down | Resample::Up => None,
+        };
+        edge.unwrap_or_else(|| match &self.conv {
             ConvKind::Conv(_) => x.conv2d(weight, bias, [stride, stride], [padding, padding], [1, 1], 1),
             ConvKind::Transposed(_) => {
                 x.conv_transpose2d(weight, bias, [stride, stride], [padding, padding], [0, 0], 1, [1, 1])
             }
-        }
+        })
     }
 
-    /// conv then eval-mode BatchNorm as one convolution: with s = gamma / sqrt(var + eps) per output channel,
-    /// weight' = weight * s and bias' = (bias - mean) * s + beta.
-    fn forward_folded(&self, x: &Tensor) -> Tensor {
+    /// conv, eval-mode BatchNorm and GELU: the first two as one convolution (with s = gamma / sqrt(var + eps) per
+    /// output channel, weight' = weight * s and bias' = (bias - mean) * s + beta), GELU inside it where oneDNN can
+    /// apply it as a post-op ([`conv_gelu`]: CPU fp32 under no-grad; the matrix-product forms of one input channel
+    /// and of the Unflatten keep their own).
+    fn forward_folded(&self, parts: &[&Tensor]) -> Tensor {
         let norm = &self.norm;
         let ones = || norm.running_var.ones_like();
         let gamma = norm.ws.as_ref().map_or_else(ones, Tensor::shallow_clone);
@@ -150,7 +183,18 @@ impl ConvNormAct {
             ConvKind::Conv(_) => weight * scale.view([-1, 1, 1, 1]),
             ConvKind::Transposed(_) => weight * scale.view([1, -1, 1, 1]),
         };
-        self.conv_with(x, &weight, Some(&folded_bias))
+        let (_, stride, padding) = self.resample.geometry();
+        let direction = match self.conv {
+            ConvKind::Conv(_) => Direction::Forward,
+            ConvKind::Transposed(_) => Direction::Transposed,
+        };
+        let fused = match parts {
+            [x] if x.size()[1] > 1 && !matches!(self.resample, Resample::Unflatten) => {
+                conv_gelu(x, &weight, Some(&folded_bias), stride, padding, direction)
+            }
+            _ => None,
+        };
+        fused.unwrap_or_else(|| self.conv_with(parts, &weight, Some(&folded_bias)).gelu("none"))
     }
 }
 
@@ -170,7 +214,12 @@ impl ConvBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.second.forward_t(&self.first.forward_t(x, train), train)
+        self.forward_cat_t(&[x], train)
+    }
+
+    /// [`Self::forward_t`] of the concatenation of `parts` along the channels ([`ConvNormAct::forward_cat_t`]).
+    pub fn forward_cat_t(&self, parts: &[&Tensor], train: bool) -> Tensor {
+        self.second.forward_t(&self.first.forward_cat_t(parts, train), train)
     }
 }
 
@@ -230,9 +279,11 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    /// Every resampling, with input channels and an input size it fits.
-    const RESAMPLES: [(Resample, i64, i64); 4] = [
+    /// Every resampling, with input channels and an input size it fits (one input channel: the UNet's first
+    /// convolution, a matrix product on the CPU).
+    const RESAMPLES: [(Resample, i64, i64); 5] = [
         (Resample::Same, 3, 8),
+        (Resample::Same, 1, 8),
         (Resample::Down, 3, 8),
         (Resample::Up, 3, 4),
         (Resample::Unflatten, 3, 1),
@@ -255,10 +306,12 @@ mod tests {
                     let _ = v.g_add_(&(v.randn_like() * 0.2));
                 }
             });
-            let expected = block.norm.forward_t(&block.conv(&x), false).gelu("none");
-            let folded = block.forward_t(&x, false);
-            assert_eq!(folded.size(), expected.size(), "{resample:?}");
-            assert!(folded.allclose(&expected, 1e-4, 1e-5, false), "{resample:?}");
+            let expected = block.norm.forward_t(&block.conv(&[&x]), false).gelu("none");
+            // Under no-grad (sampling) GELU runs inside the convolution where it can; recording, it cannot.
+            for folded in [tch::no_grad(|| block.forward_t(&x, false)), block.forward_t(&x, false)] {
+                assert_eq!(folded.size(), expected.size(), "{resample:?}");
+                assert!(folded.allclose(&expected, 1e-4, 1e-5, false), "{resample:?}");
+            }
         }
     }
 
@@ -281,7 +334,7 @@ mod tests {
 
             // libtorch's ops on copies of the statistics
             let (mean, var) = (mean0.copy(), var0.copy());
-            let z = block.conv_with(&x, weight, Some(&bias));
+            let z = block.conv_with(&[&x], weight, Some(&bias));
             let norm = &block.norm;
             let expected = Tensor::batch_norm(
                 &z,
@@ -299,11 +352,19 @@ mod tests {
 
             let got = block.forward_t(&x, true);
             (&got * &dy).sum(Kind::Float).backward();
-            let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-4, 1e-5, false);
+            // Sums over the batch differ in their last bits between summation orders, by amounts that scale with
+            // the largest value rather than with each element: 1e-4 relative plus 1e-6 of the largest.
+            let close = |a: &Tensor, b: &Tensor| {
+                let scale = b.abs().max().double_value(&[]).max(1.0);
+                a.allclose(b, 1e-4, 1e-6 * scale, false)
+            };
             assert!(close(&got, &expected), "{resample:?}: output");
+            let (got_grad, expected_grad) = (weight.grad(), &expected_grad[0]);
             assert!(
-                close(&weight.grad(), &expected_grad[0]),
-                "{resample:?}: weight gradient"
+                close(&got_grad, expected_grad),
+                "{resample:?}: weight gradient off by {} (largest {})",
+                (&got_grad - expected_grad).abs().max().double_value(&[]),
+                expected_grad.abs().max().double_value(&[])
             );
             let (mean1, var1) = running(&block);
             assert!(
@@ -311,6 +372,67 @@ mod tests {
                 "{resample:?}: running statistics"
             );
             assert!(!bias.grad().defined(), "{resample:?}: the bias has no gradient");
+        }
+    }
+
+    /// A block given the parts of a concatenation gives what it gives the concatenation: output (train and eval),
+    /// running statistics, and the gradients of the weight and of each part.
+    #[test]
+    fn parts_give_what_their_concatenation_gives() {
+        tch::manual_seed(9);
+        for (resample, size) in [(Resample::Same, 8), (Resample::Up, 4)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let block = ConvNormAct::new(vs.root(), 5, 4, resample);
+            let opts = (Kind::Float, Device::Cpu);
+            let a = Tensor::randn([3, 2, size, size], opts).set_requires_grad(true);
+            let b = Tensor::randn([3, 3, size, size], opts).set_requires_grad(true);
+            let (weight, _) = block.conv_parameters();
+            let run = |whole: bool| {
+                for t in [&a, &b, weight] {
+                    t.shallow_clone().zero_grad();
+                }
+                let y = if whole {
+                    block.forward_t(&Tensor::cat(&[&a, &b], 1), true)
+                } else {
+                    block.forward_cat_t(&[&a, &b], true)
+                };
+                (&y * y.ones_like().cumsum(1, Kind::Float)).sum(Kind::Float).backward();
+                let eval = if whole {
+                    block.forward_t(&Tensor::cat(&[&a, &b], 1), false)
+                } else {
+                    block.forward_cat_t(&[&a, &b], false)
+                };
+                let stats = [block.norm.running_mean.copy(), block.norm.running_var.copy()];
+                [
+                    y.detach(),
+                    eval.detach(),
+                    a.grad().copy(),
+                    b.grad().copy(),
+                    weight.grad().copy(),
+                ]
+                .into_iter()
+                .chain(stats)
+                .collect::<Vec<_>>()
+            };
+            let whole = run(true);
+            // The second run starts from the statistics the first left: put them back.
+            tch::no_grad(|| {
+                let _ = block.norm.running_mean.shallow_clone().fill_(0.0);
+                let _ = block.norm.running_var.shallow_clone().fill_(1.0);
+            });
+            let split = run(false);
+            let names = [
+                "train output",
+                "eval output",
+                "grad a",
+                "grad b",
+                "grad weight",
+                "mean",
+                "var",
+            ];
+            for ((name, w), p) in names.iter().zip(&whole).zip(&split) {
+                assert!(w.allclose(p, 1e-4, 1e-5, false), "{resample:?}: {name}");
+            }
         }
     }
 }

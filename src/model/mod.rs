@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod improved;
+pub mod matmul_conv;
 pub mod tuning;
 pub mod unet;
 

@@ -10,6 +10,7 @@ use tch::nn;
 use tch::Tensor;
 
 use super::blocks::{ConvBlock, ConvNormAct, FcBlock, Resample, ResampleBlock};
+use super::matmul_conv;
 use super::UNetConfig;
 
 #[derive(Debug)]
@@ -85,8 +86,8 @@ impl BasicUNet {
             u1 += c.t2.forward(t);
         }
         let u2 = self.up2.forward_t(&Tensor::cat(&[&u1, &d1], 1), train); // [N, D, 28, 28]
-        self.output
-            .forward_t(&Tensor::cat(&[&u2, &x0], 1), train)
-            .apply(&self.last) // [N, 1, 28, 28]
+                                                                          // At 28x28 the concatenation's copy (and its gradient's slices) cost more than a second convolution.
+        let h = self.output.forward_cat_t(&[&u2, &x0], train);
+        matmul_conv::apply_same(&h, &self.last) // [N, 1, 28, 28]
     }
 }

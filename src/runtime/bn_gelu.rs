@@ -6,16 +6,12 @@
 //! 2-core AVX-512 Xeon (README, Performance). Where it does not apply (CUDA, bf16 autocast, a tensor in neither
 //! NCHW nor NHWC memory) the caller runs libtorch's two ops; both give the same values to float rounding.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 use tch::{nn, Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
-use crate::runtime::{precision, raw};
-
-/// Names these kernels in the tuning cache's key (`runtime::tuning::engine`): change it whenever the C++ changes
-/// their speed, so that every machine measures its precision and layout choice again.
-pub const KERNELS: &str = "fused BatchNorm-GELU 1";
+use crate::runtime::{precision, raw, shim_result};
 
 extern "C" {
     fn diffuse_bn_gelu_train(
@@ -64,16 +60,8 @@ pub fn batch_norm_gelu_train(
             &mut out,
         )
     };
-    match status {
-        1 => Some(unsafe { Tensor::from_ptr(out) }),
-        0 => None,
-        // An exception inside libtorch on inputs the shim accepted: a bug, as a failing libtorch op would be.
-        _ => {
-            // SAFETY: the shim returns a NUL-terminated string that lives until its next call on this thread.
-            let message = unsafe { CStr::from_ptr(diffuse_bn_gelu_error()) };
-            panic!("fused BatchNorm + GELU failed: {}", message.to_string_lossy())
-        }
-    }
+    // SAFETY: status and handle as the shim wrote them; its error text is NUL-terminated.
+    unsafe { shim_result(status, out, "fused BatchNorm + GELU", diffuse_bn_gelu_error) }
 }
 
 #[cfg(test)]

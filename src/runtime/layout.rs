@@ -47,6 +47,7 @@ extern "C" {
     fn diffuse_channels_last(tensor: *mut C_tensor) -> *mut C_tensor;
     fn diffuse_make_channels_last(tensor: *mut C_tensor);
     fn diffuse_is_channels_last(tensor: *mut C_tensor) -> i32;
+    fn diffuse_suggests_channels_last(tensor: *mut C_tensor) -> i32;
 }
 
 /// The same values in channels-last layout (4-D tensors; others are returned as they are).
@@ -64,6 +65,14 @@ pub fn make_channels_last(t: &Tensor) {
 pub fn is_channels_last(t: &Tensor) -> bool {
     // SAFETY: reads a live at::Tensor handle.
     unsafe { diffuse_is_channels_last(raw(t)) != 0 }
+}
+
+/// Whether libtorch reads this 4-D tensor as channels-last (its `suggest_memory_format`, from the strides): the
+/// reading a convolution uses to lay out its output. Unlike [`is_channels_last`] it tells the layouts apart where
+/// both are contiguous, as for a one-channel image converted with [`Layout::apply`].
+pub fn suggests_channels_last(t: &Tensor) -> bool {
+    // SAFETY: reads a live at::Tensor handle.
+    unsafe { diffuse_suggests_channels_last(raw(t)) != 0 }
 }
 
 #[cfg(test)]

@@ -185,6 +185,12 @@ extern "C" {
     fn diffuse_engine(out: *mut std::ffi::c_char, capacity: i32) -> i32;
 }
 
+/// diffuse's own kernels and op choices, in the tuning cache's key: the fused BatchNorm + GELU
+/// ([`crate::runtime::bn_gelu`]), GELU as a convolution's post-op ([`crate::runtime::conv_gelu`]) and the
+/// matrix-product convolutions ([`crate::model::matmul_conv`]). Change it whenever they change speed, so that every
+/// machine measures its precision and layout choice again.
+pub const OWN_KERNELS: &str = "fused BatchNorm-GELU 1, conv-GELU post-op 1, matmul edge convolutions 1";
+
 /// The engine that runs the kernels: the libtorch version, the CPU kernels ATen dispatches to (which
 /// `ATEN_CPU_CAPABILITY` can lower), the version of diffuse's own fused kernels, and oneDNN's instruction-set cap
 /// when `ONEDNN_MAX_CPU_ISA` sets one. A new libtorch, new fused kernels or a lowered instruction set run other
@@ -196,7 +202,7 @@ pub fn engine() -> String {
     let mut text = std::ffi::CStr::from_bytes_until_nul(&buffer)
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
-    text.push_str(&format!(", {}", crate::runtime::bn_gelu::KERNELS));
+    text.push_str(&format!(", {}", OWN_KERNELS));
     if let Some(isa) = crate::runtime::precision::onednn_isa_cap() {
         text.push_str(&format!(", oneDNN ISA cap {isa}"));
     }
@@ -281,7 +287,7 @@ mod tests {
         let kernels = engine.trim_start_matches("libtorch 2.11.0, ATen CPU kernels ");
         let kernels = kernels.split(',').next().unwrap_or_default();
         assert!(["DEFAULT", "AVX2", "AVX512"].contains(&kernels), "{engine}");
-        assert!(engine.contains(crate::runtime::bn_gelu::KERNELS), "{engine}");
+        assert!(engine.contains(OWN_KERNELS), "{engine}");
         let old = r#"[{"cpu":"test CPU","threads":2,"native_bf16":false,"workload":"train",
             "timings":[{"precision":"fp32","layout":"channels-last","ms":1.0}]}]"#;
         let old: Vec<Measured> = serde_json::from_str(old).expect("an old record parses");

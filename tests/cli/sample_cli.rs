@@ -332,7 +332,7 @@ fn precision_and_layout_follow_the_cpu_and_a_slow_bf16_is_warned_about() {
         engine(&with_baseline[2]),
         format!(
             "libtorch 2.11.0, ATen CPU kernels DEFAULT, {}",
-            diffuse::runtime::bn_gelu::KERNELS
+            diffuse::runtime::tuning::OWN_KERNELS
         )
     );
 }
