@@ -101,24 +101,34 @@ impl ConvNormAct {
 
     /// [`Self::forward_t`] of the concatenation of `parts` along the channels, without the concatenated copy: the
     /// convolution of a concatenation is the sum of each part's convolution by its slice of the weight.
+    ///
+    /// Only sampling takes that path and the matrix-product forms ([`matmul_conv`]): training convolves the
+    /// concatenation with libtorch's kernels, because whole `diffuse train` runs were slower with them (1.08-1.24x in
+    /// 3 interleaved pairs, 2026-11-30) although each form was faster timed alone.
     pub fn forward_cat_t(&self, parts: &[&Tensor], train: bool) -> Tensor {
         if !train {
             return self.forward_folded(parts);
         }
-        if !bn_gelu::applies_to_input(parts[0]) {
-            return self.norm.forward_t(&self.conv(parts), true).gelu("none");
-        }
+        let concatenated;
+        let x = match parts {
+            [x] => *x,
+            _ => {
+                concatenated = Tensor::cat(parts, 1);
+                &concatenated
+            }
+        };
         let (weight, bias) = self.conv_parameters();
-        let z = self.conv_with(parts, weight, None);
+        if !bn_gelu::applies_to_input(x) {
+            return self
+                .norm
+                .forward_t(&self.libtorch_conv(x, weight, bias), true)
+                .gelu("none");
+        }
+        let z = self.libtorch_conv(x, weight, None);
         bn_gelu::batch_norm_gelu_train(&z, &self.norm, bias, BN_MOMENTUM, BN_EPS).unwrap_or_else(|| {
             let z = bias.map_or_else(|| z.shallow_clone(), |b| &z + b.view([1, -1, 1, 1]));
             self.norm.forward_t(&z, true).gelu("none")
         })
-    }
-
-    fn conv(&self, parts: &[&Tensor]) -> Tensor {
-        let (weight, bias) = self.conv_parameters();
-        self.conv_with(parts, weight, bias)
     }
 
     fn conv_parameters(&self) -> (&Tensor, Option<&Tensor>) {
@@ -129,7 +139,8 @@ impl ConvNormAct {
     }
 
     /// This block's convolution (or transposed convolution) of the channel-wise concatenation of `parts`, with the
-    /// given weight and bias: each part by its slice of the weight's input channels, summed.
+    /// given weight and bias, for sampling: each part by its slice of the weight's input channels, summed, and the
+    /// matrix-product forms where they apply.
     fn conv_with(&self, parts: &[&Tensor], weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
         let [x] = parts else {
             // Input channels are dimension 1 of a convolution's weight [o, i, k, k], 0 of a transposed one's.
@@ -148,18 +159,23 @@ impl ConvNormAct {
             }
             return sum.expect("at least one part");
         };
-        let (_, stride, padding) = self.resample.geometry();
         let edge = match self.resample {
             Resample::Same => matmul_conv::conv_from_one_channel(x, weight, bias),
             Resample::Unflatten => matmul_conv::conv_transpose_of_1x1(x, weight, bias),
             Resample::Down | Resample::Up => None,
         };
-        edge.unwrap_or_else(|| match &self.conv {
+        edge.unwrap_or_else(|| self.libtorch_conv(x, weight, bias))
+    }
+
+    /// This block's convolution (or transposed convolution) of `x` by libtorch's own kernels.
+    fn libtorch_conv(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let (_, stride, padding) = self.resample.geometry();
+        match &self.conv {
             ConvKind::Conv(_) => x.conv2d(weight, bias, [stride, stride], [padding, padding], [1, 1], 1),
             ConvKind::Transposed(_) => {
                 x.conv_transpose2d(weight, bias, [stride, stride], [padding, padding], [0, 0], 1, [1, 1])
             }
-        })
+        }
     }
 
     /// conv, eval-mode BatchNorm and GELU: the first two as one convolution (with s = gamma / sqrt(var + eps) per
@@ -306,7 +322,11 @@ mod tests {
                     let _ = v.g_add_(&(v.randn_like() * 0.2));
                 }
             });
-            let expected = block.norm.forward_t(&block.conv(&[&x]), false).gelu("none");
+            let (weight, bias) = block.conv_parameters();
+            let expected = block
+                .norm
+                .forward_t(&block.libtorch_conv(&x, weight, bias), false)
+                .gelu("none");
             // Under no-grad (sampling) GELU runs inside the convolution where it can; recording, it cannot.
             for folded in [tch::no_grad(|| block.forward_t(&x, false)), block.forward_t(&x, false)] {
                 assert_eq!(folded.size(), expected.size(), "{resample:?}");

@@ -15,7 +15,6 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::matmul_conv;
 use super::UNetConfig;
 
 /// Groups of every GroupNorm (the widths D, 2D, 3D and 4D all divide by it for any D divisible by 8).
@@ -198,13 +197,13 @@ impl ImprovedUNet {
     pub fn forward(&self, x: &Tensor, t: Option<&Tensor>, class: Option<&Tensor>) -> Tensor {
         let emb = self.embedding.forward(t, class);
         let emb = emb.as_ref();
-        let s28 = self.res28.forward(&matmul_conv::apply_same(x, &self.input), emb); // [N, D, 28, 28]
+        let s28 = self.res28.forward(&x.apply(&self.input), emb); // [N, D, 28, 28]
         let s14 = self.res14.forward(&s28.apply(&self.down1), emb); // [N, 2D, 14, 14]
         let s7 = self.res7.forward(&s14.apply(&self.down2), emb); // [N, 2D, 7, 7]
         let mid = self.mid.forward(&s7, emb); // [N, 2D, 7, 7]
         let u7 = self.up7.forward(&Tensor::cat(&[&mid, &s7], 1), emb); // [N, 2D, 7, 7]
         let u14 = self.up14.forward(&Tensor::cat(&[&u7.apply(&self.up1), &s14], 1), emb); // [N, D, 14, 14]
         let u28 = self.up28.forward(&Tensor::cat(&[&u14.apply(&self.up2), &s28], 1), emb); // [N, D, 28, 28]
-        matmul_conv::apply_same(&norm(&u28, &self.out_norm).silu(), &self.out)
+        norm(&u28, &self.out_norm).silu().apply(&self.out)
     }
 }
