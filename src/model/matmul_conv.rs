@@ -1,17 +1,18 @@
-//! The UNets' convolutions with one channel on a side, and the Unflatten's transposed convolution of a 1x1 map, as
-//! matrix products.
+//! The basic UNet's convolutions with one channel on a side, and the Unflatten's transposed convolution of a 1x1
+//! map, as matrix products, for sampling.
 //!
 //! oneDNN's convolution kernels are built for many channels in and out. With one input channel (the first
 //! convolution), one output channel (the last) or a 1x1 input (the Unflatten) they run far below the machine's
 //! matrix-product speed, while the same arithmetic as one matrix product runs at it. Measured on the Intel Xeon of
 //! README's Performance section (AVX512-BF16, no AMX; 2 threads, batch 128, D=64, fp32 channels-last, forward and
 //! backward, PyTorch 2.11's ATen calls, medians of 3): the first convolution 18.0 against 7.7 ms, the last 17.7
-//! against 11.5 ms, the Unflatten 20.1 against 3.3 ms. They apply on the CPU; CUDA keeps cuDNN's kernels.
+//! against 11.5 ms, the Unflatten 20.1 against 3.3 ms. They apply on the CPU; CUDA keeps cuDNN's kernels. Training
+//! does not use them: whole training runs were slower with them (README, Performance), for reasons not found.
 //!
 //! Every function returns None where its shapes or device do not apply, and the caller then runs libtorch's
 //! convolution. The output has the memory order libtorch's convolution would give it: channels-last when the
 //! input or the weight reads as channels-last ([`layout::suggests_channels_last`]). Autograd differentiates the matrix
-//! products, so the backward passes are matrix products too.
+//! products (the tests compare gradients too).
 
 use tch::{nn, Device, Tensor};
 
