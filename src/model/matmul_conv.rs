@@ -14,7 +14,7 @@
 //! input or the weight reads as channels-last ([`layout::suggests_channels_last`]). Autograd differentiates the matrix
 //! products (the tests compare gradients too).
 
-use tch::{nn, Device, Tensor};
+use tch::{Device, Tensor};
 
 use crate::runtime::layout;
 
@@ -76,15 +76,6 @@ pub fn conv_to_one_channel(h: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -
     }; // [N, k*k, H*W]
     let y = cols.col2im([height, width], [k, k], [1, 1], [k / 2, k / 2], [1, 1]); // [N, 1, H, W]
     Some(bias.map_or_else(|| y.shallow_clone(), |b| &y + b.view([1, 1, 1, 1])))
-}
-
-/// `x.apply(conv)` for a convolution built with stride 1 and padding k / 2 (the caller's word: tch keeps a
-/// convolution's configuration private), as a matrix product where one side has one channel.
-pub fn apply_same(x: &Tensor, conv: &nn::Conv2D) -> Tensor {
-    let (weight, bias) = (&conv.ws, conv.bs.as_ref());
-    conv_from_one_channel(x, weight, bias)
-        .or_else(|| conv_to_one_channel(x, weight, bias))
-        .unwrap_or_else(|| x.apply(conv))
 }
 
 /// `x.conv_transpose2d(weight, bias, stride k, padding 0)` of a 1x1 map x [N, C, 1, 1] by weight [C, O, k, k]:

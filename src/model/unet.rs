@@ -92,7 +92,8 @@ impl BasicUNet {
         if train {
             h.apply(&self.last)
         } else {
-            matmul_conv::apply_same(&h, &self.last)
+            matmul_conv::conv_to_one_channel(&h, &self.last.ws, self.last.bs.as_ref())
+                .unwrap_or_else(|| h.apply(&self.last))
         } // [N, 1, 28, 28]
     }
 }
