@@ -29,9 +29,10 @@ pub struct GenerateOptions {
     pub steps: Option<usize>,
     /// Where DPM-Solver++ puts its timesteps.
     pub spacing: Spacing,
-    /// Guidance scale gamma for class-conditioned models (1 = no guidance).
+    /// Guidance scale gamma for class-conditioned models (1 = no guidance) [default: `SampleDefaults`].
     pub guidance: f64,
-    /// Guide only at normalized times in [lo, hi] (1 = pure noise); None = at every step.
+    /// Guide only at normalized times in [lo, hi] (1 = pure noise); None = at every step [default:
+    /// `SampleDefaults`].
     pub guidance_interval: Option<(f64, f64)>,
     pub seed: u64,
     /// Keep an animation frame every k steps.
@@ -40,13 +41,16 @@ pub struct GenerateOptions {
 }
 
 impl Default for GenerateOptions {
+    /// The sampler and steps resolve to the model's [`SampleDefaults`] at generation time; guidance and its interval
+    /// are the same for every objective, so they are set here.
     fn default() -> Self {
+        let defaults = SampleDefaults::DIFFUSION;
         Self {
             sampler: None,
             steps: None,
             spacing: Spacing::default(),
-            guidance: SampleDefaults::DIFFUSION.guidance,
-            guidance_interval: None,
+            guidance: defaults.guidance,
+            guidance_interval: defaults.guidance_interval,
             seed: 0,
             frame_every: None,
             precision: Precision::Fp32,
@@ -334,6 +338,18 @@ mod tests {
         }
         assert_eq!(SamplerKind::from_name("dpmpp-2m"), Some(SamplerKind::DpmPP2M));
         assert_eq!(SamplerKind::from_name("dpm"), None);
+    }
+
+    /// Options left at their defaults guide as every objective's `SampleDefaults` say (the sampler and steps resolve
+    /// per model at generation time, guidance and its interval do not).
+    #[test]
+    fn default_options_guide_as_every_objective_defaults() {
+        let options = GenerateOptions::default();
+        for kind in [ModelKind::Cfg, ModelKind::Ddpm, ModelKind::Flow] {
+            let defaults = SampleDefaults::for_objective(&kind.spec_config().objective);
+            assert_eq!(options.guidance, defaults.guidance, "{kind:?}");
+            assert_eq!(options.guidance_interval, defaults.guidance_interval, "{kind:?}");
+        }
     }
 
     /// Evaluations per sample: S for DDIM, DPM-Solver++ and Euler, 2S - 1 for Heun, 2S for midpoint, T for DDPM.
