@@ -103,8 +103,9 @@ impl ConvNormAct {
     /// convolution of a concatenation is the sum of each part's convolution by its slice of the weight.
     ///
     /// Only sampling takes that path and the matrix-product forms ([`matmul_conv`]): training convolves the
-    /// concatenation with libtorch's kernels, because whole `diffuse train` runs were slower with them (1.08-1.24x in
-    /// 3 interleaved pairs, 2026-11-30) although each form was faster timed alone.
+    /// concatenation with libtorch's kernels. Whole `diffuse train` runs with them were 1.08-1.24x slower in 3
+    /// interleaved pairs and 0.99x (0.84-1.09) in 5 more, although each form was faster timed alone: no gain shows
+    /// through this host's noise, so training keeps the kernels it had (README, Performance).
     pub fn forward_cat_t(&self, parts: &[&Tensor], train: bool) -> Tensor {
         if !train {
             return self.forward_folded(parts);
@@ -159,12 +160,17 @@ impl ConvNormAct {
             }
             return sum.expect("at least one part");
         };
-        let edge = match self.resample {
+        self.matmul_conv(x, weight, bias)
+            .unwrap_or_else(|| self.libtorch_conv(x, weight, bias))
+    }
+
+    /// This block's convolution of `x` as a matrix product ([`matmul_conv`]), where one applies; else None.
+    fn matmul_conv(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
+        match self.resample {
             Resample::Same => matmul_conv::conv_from_one_channel(x, weight, bias),
             Resample::Unflatten => matmul_conv::conv_transpose_of_1x1(x, weight, bias),
             Resample::Down | Resample::Up => None,
-        };
-        edge.unwrap_or_else(|| self.libtorch_conv(x, weight, bias))
+        }
     }
 
     /// This block's convolution (or transposed convolution) of `x` by libtorch's own kernels.
@@ -204,13 +210,14 @@ impl ConvNormAct {
             ConvKind::Conv(_) => Direction::Forward,
             ConvKind::Transposed(_) => Direction::Transposed,
         };
-        let fused = match parts {
-            [x] if x.size()[1] > 1 && !matches!(self.resample, Resample::Unflatten) => {
-                conv_gelu(x, &weight, Some(&folded_bias), stride, padding, direction)
-            }
+        let single = match parts {
+            [x] => self
+                .matmul_conv(x, &weight, Some(&folded_bias))
+                .map(|y| y.gelu("none"))
+                .or_else(|| conv_gelu(x, &weight, Some(&folded_bias), stride, padding, direction)),
             _ => None,
         };
-        fused.unwrap_or_else(|| self.conv_with(parts, &weight, Some(&folded_bias)).gelu("none"))
+        single.unwrap_or_else(|| self.conv_with(parts, &weight, Some(&folded_bias)).gelu("none"))
     }
 }
 
