@@ -79,6 +79,22 @@ for s in settings:
     ratio = med("diffuse", "train_img_per_s") / train
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"
     print(f"{s:<34}{fmt(train, 1):>12}{ratio:>11.2f}{fmt(sample, 3):>14}{fmt(rss, 0):>13}")
+# Ratios within each round (a round is one diffuse run and the PyTorch runs after it, minutes apart rather than the
+# whole call's span apart): their spread says how much the host drifted, their median is less moved by a slow phase
+# that hits one round.
+rounds = []
+for r in rows:
+    if r["setting"] == "diffuse":
+        rounds.append({})
+    if rounds:
+        rounds[-1][r["setting"]] = r
+print("diffuse/it round by round, train; sample:")
+for s in settings[1:]:
+    parts = []
+    for key in ("train_img_per_s", "sample_img_per_s"):
+        v = [rd["diffuse"][key] / rd[s][key] for rd in rounds if s in rd and rd[s].get(key) and rd["diffuse"].get(key)]
+        parts.append(" ".join(f"{x:.2f}" for x in v) + (f" (median {statistics.median(v):.2f})" if v else ""))
+    print(f"  {s:<32}{parts[0]}; {parts[1]}")
 torch_settings = [s for s in settings if s.startswith("pytorch")]
 best = max(torch_settings, key=lambda s: med(s, "train_img_per_s"))
 print(f"PyTorch's best here (measured): {best}, {med(best, 'train_img_per_s'):.1f} img/s; "

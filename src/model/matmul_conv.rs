@@ -7,7 +7,7 @@
 //! README's Performance section (AVX512-BF16, no AMX; 2 threads, batch 128, D=64, fp32 channels-last, forward and
 //! backward, PyTorch 2.11's ATen calls, medians of 3): the first convolution 18.0 against 7.7 ms, the last 17.7
 //! against 11.5 ms, the Unflatten 20.1 against 3.3 ms. They apply on the CPU; CUDA keeps cuDNN's kernels. Training
-//! does not use them: whole training runs were slower with them (README, Performance), for reasons not found.
+//! does not use them: whole training runs with them were no faster, once slower (README, Performance).
 //!
 //! Every function returns None where its shapes or device do not apply, and the caller then runs libtorch's
 //! convolution. The output has the memory order libtorch's convolution would give it: channels-last when the
