@@ -86,8 +86,9 @@ impl BasicUNet {
             u1 += c.t2.forward(t);
         }
         let u2 = self.up2.forward_t(&Tensor::cat(&[&u1, &d1], 1), train); // [N, D, 28, 28]
-                                                                          // In sampling, the concatenation's copy at 28x28 costs more than a second convolution, and the last
-                                                                          // convolution (one output channel) is faster as a matrix product (blocks.rs: not in training).
+
+        // In sampling, the concatenation's copy at 28x28 costs more than a second convolution, and the last
+        // convolution (one output channel) is faster as a matrix product (blocks.rs: not in training).
         let h = self.output.forward_cat_t(&[&u2, &x0], train);
         if train {
             h.apply(&self.last)
