@@ -1,4 +1,6 @@
-// BatchNorm2d (training mode) followed by GELU as one autograd op on CPU fp32, called from src/model/blocks.rs.
+// BatchNorm2d (training mode) followed by GELU as one autograd op on the CPU, for fp32 tensors and for the bf16
+// tensors that convolutions return under bf16 autocast (computed in float, stored in bf16), called from
+// src/model/blocks.rs.
 //
 // Why: in the UNet every convolution is followed by BatchNorm and GELU, and ATen runs them as four memory-bound
 // passes forward (two for the batch statistics, one to normalise, one for GELU) and five backward, storing the
@@ -10,8 +12,10 @@
 // statistics updated with `momentum`) and exact GELU, z * Phi(z). The preceding convolution's bias may be left out
 // of x and passed here instead: BatchNorm subtracts the batch mean, so a per-channel constant cancels from its output
 // (its gradient is zero in exact arithmetic) and shows only in the running mean, where it is added. That spares the
-// convolution's bias gradient (oneDNN computes it for transposed convolutions with a slow reference loop). Results match ATen's two ops to float rounding;
-// they do not depend on the thread count (per-block sums reduced in block order).
+// convolution's bias gradient (oneDNN computes it for transposed convolutions with a slow reference loop). In fp32
+// the results match ATen's two ops to float rounding; in bf16 the output and dx are rounded to bf16 once each (ATen
+// also rounds the normalised tensor between its two ops). They do not depend on the thread count (per-block sums
+// reduced in block order).
 #include "bn_gelu_kernels.h"
 
 #include <ATen/ATen.h>
@@ -27,17 +31,19 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// The loops built for the instruction set ATen dispatches its own kernels to (ATEN_CPU_CAPABILITY lowers both).
-const BnGeluKernels &kernels() {
-    static const BnGeluKernels *chosen = [] {
+// The loops built for the instruction set ATen dispatches its own kernels to (ATEN_CPU_CAPABILITY lowers both), for
+// x's element type (float or bf16).
+const BnGeluKernels &kernels(const at::Tensor &x) {
+    using Table = const BnGeluKernels *(*)(int);
+    static const Table chosen = [] {
 #if defined(__x86_64__)
         const std::string isa = at::get_cpu_capability();
-        if (isa == "AVX512") return diffuse_bn_gelu_avx512();
-        if (isa == "AVX2") return diffuse_bn_gelu_avx2();
+        if (isa == "AVX512") return &diffuse_bn_gelu_avx512;
+        if (isa == "AVX2") return &diffuse_bn_gelu_avx2;
 #endif
-        return diffuse_bn_gelu_scalar();
+        return &diffuse_bn_gelu_scalar;
     }();
-    return *chosen;
+    return *chosen(x.scalar_type() == at::kBFloat16 ? 1 : 0);
 }
 
 // Rows per block in channels-last: 128 rows of 64 channels are 32 KiB, which stays in L1/L2 across the passes over
@@ -98,8 +104,8 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
                               const at::Tensor &running_var, const at::Tensor &conv_bias, double momentum,
                               double eps) {
         const Geometry g = geometry(x);
-        const BnGeluKernels &k = kernels();
-        const float *xp = x.data_ptr<float>();
+        const BnGeluKernels &k = kernels(x);
+        const void *xp = x.const_data_ptr();
         const int64_t c_count = g.channels;
         const double count = static_cast<double>(g.rows);
 
@@ -126,7 +132,7 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
         const at::Tensor scale_f = floats(scale), shift_f = floats(shift);
         at::Tensor y = at::empty_like(x);
         over_blocks(g, [&](int64_t b0, int64_t b1) {
-            k.norm_gelu(&g, xp, scale_f.data_ptr<float>(), shift_f.data_ptr<float>(), y.data_ptr<float>(), b0, b1);
+            k.norm_gelu(&g, xp, scale_f.data_ptr<float>(), shift_f.data_ptr<float>(), y.data_ptr(), b0, b1);
         });
 
         // 3. running = (1 - momentum) * running + momentum * batch, with the unbiased variance; the batch mean of
@@ -158,19 +164,22 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
         const at::Tensor shift_f = ctx->saved_data["shift"].toTensor();
         const std::vector<double> invstd = doubles(ctx->saved_data["invstd"].toTensor());
         const Geometry g = geometry(x);
-        const BnGeluKernels &k = kernels();
+        const BnGeluKernels &k = kernels(x);
         const int64_t c_count = g.channels;
         const double count = static_cast<double>(g.rows);
-        // The incoming gradient in x's layout (it may arrive in another, e.g. from a concatenation's backward).
-        const at::Tensor dy = grad_outputs[0].contiguous(g.channels_last ? at::MemoryFormat::ChannelsLast
-                                                                         : at::MemoryFormat::Contiguous);
+        // The incoming gradient in x's type and layout (it may arrive in another layout, e.g. from a
+        // concatenation's backward).
+        const at::Tensor dy = grad_outputs[0]
+                                  .to(x.scalar_type())
+                                  .contiguous(g.channels_last ? at::MemoryFormat::ChannelsLast
+                                                              : at::MemoryFormat::Contiguous);
 
         // 1. dz = dy * GELU'(z) into dx's buffer, with sum dz and sum dz * (x - mean) per channel.
         at::Tensor dx = at::empty_like(x);
         std::vector<double> partial_dz(g.blocks * c_count), partial_dz_dev(g.blocks * c_count);
         over_blocks(g, [&](int64_t b0, int64_t b1) {
-            k.gelu_grad_sums(&g, x.data_ptr<float>(), dy.data_ptr<float>(), scale_f.data_ptr<float>(),
-                             shift_f.data_ptr<float>(), mean_f.data_ptr<float>(), dx.data_ptr<float>(), b0, b1,
+            k.gelu_grad_sums(&g, x.const_data_ptr(), dy.const_data_ptr(), scale_f.data_ptr<float>(),
+                             shift_f.data_ptr<float>(), mean_f.data_ptr<float>(), dx.data_ptr(), b0, b1,
                              partial_dz.data(), partial_dz_dev.data());
         });
         const std::vector<double> sum_dz = reduce(g, partial_dz), sum_dz_dev = reduce(g, partial_dz_dev);
@@ -188,8 +197,8 @@ struct BnGelu : public torch::autograd::Function<BnGelu> {
         }
         const at::Tensor k_f = floats(kk), p_f = floats(pp), r_f = floats(rr);
         over_blocks(g, [&](int64_t b0, int64_t b1) {
-            k.affine2(&g, dx.data_ptr<float>(), x.data_ptr<float>(), mean_f.data_ptr<float>(), k_f.data_ptr<float>(),
-                      p_f.data_ptr<float>(), r_f.data_ptr<float>(), dx.data_ptr<float>(), b0, b1);
+            k.affine2(&g, dx.const_data_ptr(), x.const_data_ptr(), mean_f.data_ptr<float>(), k_f.data_ptr<float>(),
+                      p_f.data_ptr<float>(), r_f.data_ptr<float>(), dx.data_ptr(), b0, b1);
         });
         return {dx,           floats(dgamma), floats(sum_dz), at::Tensor(),
                 at::Tensor(), at::Tensor(),     at::Tensor(),   at::Tensor()};
@@ -209,8 +218,8 @@ extern "C" {
 
 // GELU(BatchNorm2d(x + conv_bias)) in training mode, as one autograd op; updates the running statistics in place.
 // conv_bias may be null (none), and gets no gradient (it has none: see the top of this file). Returns 1 and a new
-// tensor handle in *out; 0 when the fused op does not apply (not a CPU fp32 4-D tensor in NCHW or NHWC memory, fewer
-// than two values per channel, or other parameters), so the caller runs ATen's ops;
+// tensor handle in *out; 0 when the fused op does not apply (not a CPU fp32 or bf16 4-D tensor in NCHW or NHWC
+// memory, fewer than two values per channel, or other parameters than fp32 vectors), so the caller runs ATen's ops;
 // -1 on an internal error, described by diffuse_bn_gelu_error().
 int diffuse_bn_gelu_train(void *x_handle, void *gamma_handle, void *beta_handle, void *running_mean_handle,
                           void *running_var_handle, void *conv_bias_handle, double momentum, double eps, void **out) {
@@ -223,7 +232,8 @@ int diffuse_bn_gelu_train(void *x_handle, void *gamma_handle, void *beta_handle,
         // (autograd functions take no undefined tensors: no bias is a zero bias)
         const at::Tensor conv_bias = conv_bias_handle ? static_cast<at::Tensor *>(conv_bias_handle)->detach()
                                                       : at::zeros({x.dim() == 4 ? x.size(1) : 0}, at::kFloat);
-        if (!x.defined() || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 ||
+        if (!x.defined() || !x.device().is_cpu() ||
+            (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) || x.dim() != 4 ||
             !(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast))) {
             return 0;
         }

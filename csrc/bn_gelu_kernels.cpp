@@ -12,6 +12,10 @@
 // - contiguous: N samples of C planes of `plane` = H*W values; a block is one sample.
 // Per-channel sums are computed per block (float lanes, then double) and written to partial[block * C + c], so
 // the caller's reduction over blocks, done in block order, does not depend on how blocks were shared among threads.
+// Every loop is built twice, for float tensors and for bf16 tensors (T = uint16_t, the bf16 bits): a bf16 value is
+// read as the float with those upper 16 bits, everything is computed in float, and stores round to the nearest bf16
+// (ties to even, NaN kept NaN), as c10::BFloat16 does. Integer operations only, so the AVX-512 build needs no
+// AVX512-BF16 and bf16 tensors also work where bf16 is emulated.
 #include "bn_gelu_kernels.h"
 
 #include <cmath>
@@ -70,8 +74,19 @@ struct Scalar {
     static constexpr int64_t width = 1;
     float v;
     DIFFUSE_INLINE static Scalar load(const float *p) { return {*p}; }
+    DIFFUSE_INLINE static Scalar load(const uint16_t *p) {
+        const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+        float x;
+        __builtin_memcpy(&x, &bits, sizeof x);
+        return {x};
+    }
     DIFFUSE_INLINE static Scalar splat(float x) { return {x}; }
     DIFFUSE_INLINE void store(float *p) const { *p = v; }
+    DIFFUSE_INLINE void store(uint16_t *p) const {
+        uint32_t bits;
+        __builtin_memcpy(&bits, &v, sizeof bits);
+        *p = v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
     DIFFUSE_INLINE Scalar operator+(Scalar o) const { return {v + o.v}; }
     DIFFUSE_INLINE Scalar operator-(Scalar o) const { return {v - o.v}; }
     DIFFUSE_INLINE Scalar operator*(Scalar o) const { return {v * o.v}; }
@@ -87,8 +102,20 @@ struct Vec {
     static constexpr int64_t width = 16;
     __m512 v;
     DIFFUSE_INLINE static Vec load(const float *p) { return {_mm512_loadu_ps(p)}; }
+    DIFFUSE_INLINE static Vec load(const uint16_t *p) {
+        const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+        return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
+    }
     DIFFUSE_INLINE static Vec splat(float x) { return {_mm512_set1_ps(x)}; }
     DIFFUSE_INLINE void store(float *p) const { _mm512_storeu_ps(p, v); }
+    DIFFUSE_INLINE void store(uint16_t *p) const {
+        const __m512i bits = _mm512_castps_si512(v);
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        const __m512i bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+        rounded = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, _mm512_set1_epi32(0x7FC0));
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), _mm512_cvtepi32_epi16(rounded));
+    }
     DIFFUSE_INLINE Vec operator+(Vec o) const { return {_mm512_add_ps(v, o.v)}; }
     DIFFUSE_INLINE Vec operator-(Vec o) const { return {_mm512_sub_ps(v, o.v)}; }
     DIFFUSE_INLINE Vec operator*(Vec o) const { return {_mm512_mul_ps(v, o.v)}; }
@@ -113,8 +140,23 @@ struct Vec {
     static constexpr int64_t width = 8;
     __m256 v;
     DIFFUSE_INLINE static Vec load(const float *p) { return {_mm256_loadu_ps(p)}; }
+    DIFFUSE_INLINE static Vec load(const uint16_t *p) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+        return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+    }
     DIFFUSE_INLINE static Vec splat(float x) { return {_mm256_set1_ps(x)}; }
     DIFFUSE_INLINE void store(float *p) const { _mm256_storeu_ps(p, v); }
+    DIFFUSE_INLINE void store(uint16_t *p) const {
+        const __m256i bits = _mm256_castps_si256(v);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+        const __m256i bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
+        __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+        // Each 32-bit lane holds a value below 2^16: packing with unsigned saturation keeps it as it is.
+        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(p), packed);
+    }
     DIFFUSE_INLINE Vec operator+(Vec o) const { return {_mm256_add_ps(v, o.v)}; }
     DIFFUSE_INLINE Vec operator-(Vec o) const { return {_mm256_sub_ps(v, o.v)}; }
     DIFFUSE_INLINE Vec operator*(Vec o) const { return {_mm256_mul_ps(v, o.v)}; }
@@ -163,20 +205,20 @@ DIFFUSE_INLINE V gelu_derivative(V z) {
 // The per-element work of the sums, given a per-channel parameter (a vector over channels in channels-last, a
 // splatted scalar in contiguous). Sums accumulate into float lanes `acc`.
 struct SumX {
-    template <typename V>
-    DIFFUSE_INLINE static void step(const float *x, V, V &acc) { acc = acc + V::load(x); }
+    template <typename V, typename T>
+    DIFFUSE_INLINE static void step(const T *x, V, V &acc) { acc = acc + V::load(x); }
 };
 struct SumSquaredDeviation {  // the parameter is the mean
-    template <typename V>
-    DIFFUSE_INLINE static void step(const float *x, V mean, V &acc) {
+    template <typename V, typename T>
+    DIFFUSE_INLINE static void step(const T *x, V mean, V &acc) {
         const V d = V::load(x) - mean;
         acc = acc + d * d;
     }
 };
 
 // Sums over rows [row0, row1) of a channels-last tensor, for the channels [c, c + V::width).
-template <typename Op, typename V>
-void column_sums(const Geometry &g, const float *x, V param, int64_t row0, int64_t row1, int64_t c, double *out) {
+template <typename Op, typename V, typename T>
+void column_sums(const Geometry &g, const T *x, V param, int64_t row0, int64_t row1, int64_t c, double *out) {
     V acc = V::splat(0.0f);
     for (int64_t r = row0; r < row1; ++r) {
         Op::step(x + r * g.channels + c, param, acc);
@@ -189,8 +231,8 @@ void column_sums(const Geometry &g, const float *x, V param, int64_t row0, int64
 }
 
 // Walks one block of a channels-last tensor: for each group of channels, every row of the block.
-template <typename Op>
-void sums_channels_last(const Geometry &g, const float *x, const float *param, int64_t block, double *out) {
+template <typename Op, typename T>
+void sums_channels_last(const Geometry &g, const T *x, const float *param, int64_t block, double *out) {
     const int64_t row0 = block * g.block_rows;
     const int64_t row1 = row0 + g.block_rows < g.rows ? row0 + g.block_rows : g.rows;
     int64_t c = 0;
@@ -203,10 +245,10 @@ void sums_channels_last(const Geometry &g, const float *x, const float *param, i
 }
 
 // Walks one sample of a contiguous tensor: for each channel, its plane.
-template <typename Op>
-void sums_contiguous(const Geometry &g, const float *x, const float *param, int64_t block, double *out) {
+template <typename Op, typename T>
+void sums_contiguous(const Geometry &g, const T *x, const float *param, int64_t block, double *out) {
     for (int64_t c = 0; c < g.channels; ++c) {
-        const float *plane = x + (block * g.channels + c) * g.plane;
+        const T *plane = x + (block * g.channels + c) * g.plane;
         const float pc = param ? param[c] : 0.0f;
         Vec acc = Vec::splat(0.0f);
         int64_t s = 0;
@@ -227,8 +269,8 @@ void sums_contiguous(const Geometry &g, const float *x, const float *param, int6
     }
 }
 
-template <typename Op>
-void sums(const Geometry &g, const float *x, const float *param, int64_t b0, int64_t b1, double *partial) {
+template <typename Op, typename T>
+void sums(const Geometry &g, const T *x, const float *param, int64_t b0, int64_t b1, double *partial) {
     for (int64_t b = b0; b < b1; ++b) {
         if (g.channels_last) {
             sums_channels_last<Op>(g, x, param, b, partial + b * g.channels);
@@ -238,18 +280,20 @@ void sums(const Geometry &g, const float *x, const float *param, int64_t b0, int
     }
 }
 
-void sum_x(const Geometry *g, const float *x, int64_t b0, int64_t b1, double *partial) {
-    sums<SumX>(*g, x, nullptr, b0, b1, partial);
+template <typename T>
+void sum_x(const Geometry *g, const void *x, int64_t b0, int64_t b1, double *partial) {
+    sums<SumX>(*g, static_cast<const T *>(x), nullptr, b0, b1, partial);
 }
 
-void sum_squared_deviation(const Geometry *g, const float *x, const float *mean, int64_t b0, int64_t b1,
+template <typename T>
+void sum_squared_deviation(const Geometry *g, const void *x, const float *mean, int64_t b0, int64_t b1,
                            double *partial) {
-    sums<SumSquaredDeviation>(*g, x, mean, b0, b1, partial);
+    sums<SumSquaredDeviation>(*g, static_cast<const T *>(x), mean, b0, b1, partial);
 }
 
 // Backward, first pass: dz = dy * GELU'(x * scale + shift), written to `dz`; sums of dz and of dz * (x - mean).
-template <typename V>
-DIFFUSE_INLINE void backward_element(const float *x, const float *dy, float *dz, V scale, V shift, V mean, V &sum_dz,
+template <typename V, typename T>
+DIFFUSE_INLINE void backward_element(const T *x, const T *dy, T *dz, V scale, V shift, V mean, V &sum_dz,
                       V &sum_dz_dev) {
     const V xv = V::load(x);
     const V d = V::load(dy) * gelu_derivative(xv * scale + shift);
@@ -258,10 +302,13 @@ DIFFUSE_INLINE void backward_element(const float *x, const float *dy, float *dz,
     sum_dz_dev = sum_dz_dev + d * (xv - mean);
 }
 
-void gelu_grad_sums(const Geometry *gp, const float *x, const float *dy, const float *scale, const float *shift,
-                    const float *mean, float *dz, int64_t b0, int64_t b1, double *partial_dz,
+template <typename T>
+void gelu_grad_sums(const Geometry *gp, const void *x_, const void *dy_, const float *scale, const float *shift,
+                    const float *mean, void *dz_, int64_t b0, int64_t b1, double *partial_dz,
                     double *partial_dz_dev) {
     const Geometry &g = *gp;
+    const T *x = static_cast<const T *>(x_), *dy = static_cast<const T *>(dy_);
+    T *dz = static_cast<T *>(dz_);
     const int64_t c_count = g.channels;
     for (int64_t b = b0; b < b1; ++b) {
         double *out0 = partial_dz + b * c_count;
@@ -357,9 +404,11 @@ void map_blocks(const Geometry &g, int64_t b0, int64_t b1, F f) {
 }
 
 // y = GELU(x * scale + shift).
+template <typename T>
 struct NormGelu {
-    const float *x, *scale, *shift;
-    float *y;
+    const T *x;
+    const float *scale, *shift;
+    T *y;
     template <typename V>
     DIFFUSE_INLINE void apply(int64_t at, V sc, V sh) const {
         gelu(V::load(x + at) * sc + sh).store(y + at);
@@ -371,9 +420,11 @@ struct NormGelu {
 };
 
 // out = k * a + p * (x - m) + r (out may be a).
+template <typename T>
 struct Affine2 {
-    const float *a, *x, *m, *k, *p, *r;
-    float *out;
+    const T *a, *x;
+    const float *m, *k, *p, *r;
+    T *out;
     template <typename V>
     DIFFUSE_INLINE void apply(int64_t at, V mv, V kv, V pv, V rv) const {
         (kv * V::load(a + at) + pv * (V::load(x + at) - mv) + rv).store(out + at);
@@ -388,19 +439,24 @@ struct Affine2 {
     }
 };
 
-void norm_gelu(const Geometry *g, const float *x, const float *scale, const float *shift, float *y, int64_t b0,
+template <typename T>
+void norm_gelu(const Geometry *g, const void *x, const float *scale, const float *shift, void *y, int64_t b0,
                int64_t b1) {
-    map_blocks(*g, b0, b1, NormGelu{x, scale, shift, y});
+    map_blocks(*g, b0, b1, NormGelu<T>{static_cast<const T *>(x), scale, shift, static_cast<T *>(y)});
 }
 
-void affine2(const Geometry *g, const float *a, const float *x, const float *m, const float *k, const float *p,
-             const float *r, float *out, int64_t b0, int64_t b1) {
-    map_blocks(*g, b0, b1, Affine2{a, x, m, k, p, r, out});
+template <typename T>
+void affine2(const Geometry *g, const void *a, const void *x, const float *m, const float *k, const float *p,
+             const float *r, void *out, int64_t b0, int64_t b1) {
+    map_blocks(*g, b0, b1,
+               Affine2<T>{static_cast<const T *>(a), static_cast<const T *>(x), m, k, p, r, static_cast<T *>(out)});
 }
+
+template <typename T>
+constexpr BnGeluKernels table_for{sum_x<T>, sum_squared_deviation<T>, norm_gelu<T>, gelu_grad_sums<T>, affine2<T>};
 
 }  // namespace
 
-extern "C" const BnGeluKernels *DIFFUSE_BN_GELU_TABLE() {
-    static constexpr BnGeluKernels table{sum_x, sum_squared_deviation, norm_gelu, gelu_grad_sums, affine2};
-    return &table;
+extern "C" const BnGeluKernels *DIFFUSE_BN_GELU_TABLE(int bf16) {
+    return bf16 ? &table_for<uint16_t> : &table_for<float>;
 }

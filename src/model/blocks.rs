@@ -91,7 +91,7 @@ impl ConvNormAct {
     /// Same: [N, i, H, W] -> [N, o, H, W]; Down: -> [N, o, H/2, W/2]; Up: -> [N, o, 2H, 2W];
     /// Unflatten: [N, i, 1, 1] -> [N, o, 7, 7].
     ///
-    /// In training, BatchNorm and GELU run as one fused op where it applies (CPU fp32, [`bn_gelu`]), with the
+    /// In training, BatchNorm and GELU run as one fused op where it applies (CPU fp32 or bf16, [`bn_gelu`]), with the
     /// convolution's bias left out of the convolution and given to the op for the running mean (it cancels from
     /// BatchNorm's output). In eval mode BatchNorm is an affine map per channel, folded into the convolution's
     /// weights and bias, so sampling runs one convolution instead of a convolution and a normalisation pass.
