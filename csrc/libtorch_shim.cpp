@@ -116,23 +116,32 @@ void diffuse_fused_adam(void **params, void **grads, void **exp_avgs, void **exp
 
 // GELU(conv(x, weight) + bias), or of the transposed convolution (weight [in, out, k, k]), with stride and padding
 // the same along both axes, and GELU (exact, erf) applied by oneDNN inside the convolution as a post-op instead of
-// a separate pass over the output. Inference only: ATen registers no gradient for these ops. Returns 1 and a new
-// tensor handle in *out; 0 where it does not apply (not a 4-D CPU fp32 input outside autocast, autograd recording,
-// or a libtorch without the op), and the caller runs ATen's convolution and GELU; -1 on an error, described by
-// diffuse_conv_gelu_error().
+// a separate pass over the output. Inference only: ATen registers no gradient for these ops. Under CPU bf16 autocast
+// it does what autocast does for a convolution (x, weight and bias cast to bf16, a bf16 result; the op has no autocast
+// kernel of its own), with GELU applied before the result is rounded to bf16. Returns 1 and a new tensor handle in
+// *out; 0 where it does not apply (not a 4-D CPU fp32 input, or a bf16 one under bf16 autocast; autograd recording;
+// another autocast type; a libtorch without the op), and the caller runs ATen's convolution and GELU; -1 on an error,
+// described by diffuse_conv_gelu_error().
 int diffuse_conv_gelu(void *x_handle, void *weight_handle, void *bias_handle, int64_t stride, int64_t padding,
                       int transposed, void **out) {
     try {
-        const at::Tensor &x = *static_cast<at::Tensor *>(x_handle);
-        const at::Tensor &weight = *static_cast<at::Tensor *>(weight_handle);
-        const std::optional<at::Tensor> bias =
+        const at::Tensor &x_in = *static_cast<at::Tensor *>(x_handle);
+        const at::Tensor &weight_in = *static_cast<at::Tensor *>(weight_handle);
+        const std::optional<at::Tensor> bias_in =
             bias_handle ? std::optional<at::Tensor>(*static_cast<at::Tensor *>(bias_handle)) : std::nullopt;
-        const bool recording = c10::GradMode::is_enabled() &&
-                               (x.requires_grad() || weight.requires_grad() || (bias && bias->requires_grad()));
-        if (!x.defined() || !x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat ||
-            weight.scalar_type() != at::kFloat || recording || at::autocast::is_autocast_enabled(at::kCPU)) {
+        const bool recording = c10::GradMode::is_enabled() && (x_in.requires_grad() || weight_in.requires_grad() ||
+                                                               (bias_in && bias_in->requires_grad()));
+        const bool bf16 = at::autocast::is_autocast_enabled(at::kCPU);
+        if (bf16 && at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) {
             return 0;
         }
+        const at::ScalarType type = bf16 ? at::kBFloat16 : at::kFloat;
+        if (!x_in.defined() || !x_in.device().is_cpu() || x_in.dim() != 4 || weight_in.scalar_type() != at::kFloat ||
+            !(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == type) || recording) {
+            return 0;
+        }
+        const at::Tensor x = x_in.to(type), weight = weight_in.to(type);
+        const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->to(type)) : std::nullopt;
         static const auto convolution = mkldnn_op("mkldnn::_convolution_pointwise");
         static const auto transposed_convolution = mkldnn_op("mkldnn::_convolution_transpose_pointwise");
         const auto &op = transposed ? transposed_convolution : convolution;

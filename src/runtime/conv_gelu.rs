@@ -3,7 +3,9 @@
 //! In eval mode each UNet block is a convolution (BatchNorm folded in) followed by GELU, which libtorch runs as a
 //! second pass over the convolution's output. ATen registers oneDNN's convolution with a GELU post-op for Inductor
 //! (`mkldnn::_convolution_pointwise`, `mkldnn::_convolution_transpose_pointwise`); calling it spares that pass. It
-//! has no gradient, so it applies only where autograd does not record: CPU fp32 outside autocast, under no-grad.
+//! has no gradient, so it applies only where autograd does not record: on the CPU under no-grad, in fp32, or under
+//! bf16 autocast in bf16 (the inputs cast as autocast casts a convolution's, GELU applied before the result is
+//! rounded to bf16).
 
 use std::ffi::c_char;
 
@@ -105,6 +107,59 @@ mod tests {
                 conv_gelu(&x, &w, None, stride, padding, direction).is_none(),
                 "recording autograd"
             );
+        }
+    }
+
+    /// Under bf16 autocast the fused op returns bf16, like autocast's convolution; against the fp32 result for the
+    /// same bf16 inputs it is on average at least as close as libtorch's bf16 convolution then GELU (which rounds
+    /// twice), and everywhere within one rounding to bf16 (half a unit, 2^-8 of the largest value) and float error.
+    #[test]
+    fn under_bf16_autocast_returns_bf16_as_close_as_libtorch() {
+        use crate::runtime::precision::{autocast, Precision};
+        tch::manual_seed(17);
+        let opts = (Kind::Float, Device::Cpu);
+        let bf16_values = |t: Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        for (direction, w_shape, stride) in [
+            (Direction::Forward, [16, 32, 3, 3], 1),
+            (Direction::Transposed, [32, 16, 4, 4], 2),
+        ] {
+            let x = bf16_values(Tensor::randn([4, 32, 14, 14], opts));
+            let w = bf16_values(Tensor::randn(w_shape, opts) * 0.1);
+            let b = bf16_values(Tensor::randn([16], opts));
+            for layout in [Layout::ChannelsLast, Layout::Contiguous] {
+                let (x, w) = (layout.apply(&x), layout.apply(&w));
+                let conv = |x: &Tensor| match direction {
+                    Direction::Forward => x.conv2d(&w, Some(&b), [stride; 2], [1, 1], [1, 1], 1),
+                    Direction::Transposed => x.conv_transpose2d(&w, Some(&b), [stride; 2], [1, 1], [0, 0], 1, [1, 1]),
+                };
+                let exact = conv(&x).gelu("none");
+                let libtorch = autocast(Precision::Bf16, Device::Cpu, || conv(&x).gelu("none"));
+                let got = autocast(Precision::Bf16, Device::Cpu, || {
+                    tch::no_grad(|| conv_gelu(&x, &w, Some(&b), stride, 1, direction))
+                })
+                .expect("applies under bf16 autocast");
+                let what = format!("{direction:?} {layout:?}");
+                assert_eq!(
+                    (got.kind(), libtorch.kind()),
+                    (Kind::BFloat16, Kind::BFloat16),
+                    "{what}"
+                );
+                assert_eq!(got.size(), exact.size(), "{what}");
+                let (error, scale) = (|t: &Tensor| (t.to_kind(Kind::Float) - &exact).abs(), exact.abs());
+                let largest = error(&got).max().double_value(&[]) / scale.max().double_value(&[]);
+                assert!(
+                    largest <= 2f64.powi(-8) + 1e-5,
+                    "{what}: off by {largest:e} of the largest value"
+                );
+                let mean = |t: &Tensor| {
+                    error(t).mean(Kind::Float).double_value(&[]) / scale.mean(Kind::Float).double_value(&[])
+                };
+                let (ours, theirs) = (mean(&got), mean(&libtorch));
+                assert!(
+                    ours <= theirs,
+                    "{what}: off by {ours:e} on average, libtorch's bf16 by {theirs:e}"
+                );
+            }
         }
     }
 }

@@ -189,7 +189,8 @@ extern "C" {
 /// ([`crate::runtime::bn_gelu`]), GELU as a convolution's post-op ([`crate::runtime::conv_gelu`]) and the
 /// matrix-product convolutions ([`crate::model::matmul_conv`]). Change it whenever they change speed, so that every
 /// machine measures its precision and layout choice again.
-pub const OWN_KERNELS: &str = "fused BatchNorm-GELU 2 (fp32, bf16), conv-GELU post-op 1, matmul edge convolutions 1";
+pub const OWN_KERNELS: &str =
+    "fused BatchNorm-GELU 2 (fp32, bf16), conv-GELU post-op 2 (fp32, bf16), matmul edge convolutions 1";
 
 /// The engine that runs the kernels: the libtorch version, the CPU kernels ATen dispatches to (which
 /// `ATEN_CPU_CAPABILITY` can lower), the version of diffuse's own fused kernels, and oneDNN's instruction-set cap
