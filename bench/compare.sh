@@ -41,7 +41,7 @@ case "$isa" in
   "") ;;
   avx2)
     export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
-    class="AVX2 only, emulated on a $class CPU"
+    class="AVX2 only, emulated on an $class CPU"
     flags=" avx2 " ;;
   *) echo "compare.sh: --isa takes avx2" >&2; exit 2 ;;
 esac
