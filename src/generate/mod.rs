@@ -7,7 +7,9 @@ mod samplers;
 
 pub use samplers::{SampleDefaults, SamplerKind};
 
-use tch::{Kind, Tensor};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
 use crate::diffusion::schedule::NoiseSchedule;
@@ -92,6 +94,8 @@ pub enum GenerateError {
     BadRequest(String),
     #[error("guidance interval must be LO,HI with 0 <= LO <= HI <= 1 (normalized time, 1 = pure noise), got `{0}`")]
     BadGuidanceInterval(String),
+    #[error("generation stopped before it finished: nobody waits for it any more")]
+    Stopped,
     #[error("the `{}` sampler does not apply to a `{objective}` model (use {suggestion})", .sampler.name())]
     WrongSampler {
         sampler: SamplerKind,
@@ -141,6 +145,19 @@ pub fn generate_with_noise(
     options: &GenerateOptions,
     noise: &mut dyn NoiseSource,
 ) -> Result<SampleOutput, GenerateError> {
+    generate_until(model, config, request, options, noise, &|| false)
+}
+
+/// [`generate_with_noise`] that asks `stop` before every network evaluation and, once it answers true, gives up
+/// with [`GenerateError::Stopped`] (the server stops a batch whose every requester has gone).
+pub fn generate_until(
+    model: &Model,
+    config: &TrainConfig,
+    request: &Request,
+    options: &GenerateOptions,
+    noise: &mut dyn NoiseSource,
+    stop: &dyn Fn() -> bool,
+) -> Result<SampleOutput, GenerateError> {
     if matches!(config.objective, Objective::Denoiser { .. }) {
         return Err(GenerateError::NotGenerative);
     }
@@ -185,8 +202,9 @@ pub fn generate_with_noise(
         (Request::Unconditional(_), false) => None,
     };
     let n = request.len() as i64;
+    let stoppable = Stoppable { inner: model, stop };
     let guided = Guided {
-        inner: model,
+        inner: &stoppable,
         gamma: options.guidance,
         interval: options.guidance_interval,
     };
@@ -195,16 +213,47 @@ pub fn generate_with_noise(
         .steps
         .unwrap_or(SampleDefaults::for_objective(&config.objective).steps);
     let class = class.as_ref();
-    let output = autocast(options.precision, device, || match &plan {
-        Plan::Ddpm(schedule) => ddpm::sample(&guided, schedule, n, class, noise, frames),
-        Plan::Ddim(schedule) => ddim::sample(&guided, schedule, steps, n, class, noise, frames),
-        Plan::DpmPP2M(schedule, sde) => {
-            let visit = options.spacing.timesteps(schedule.timesteps(), steps);
-            dpmpp::sample(&guided, schedule, &visit, *sde, n, class, noise, frames)
+    let run = || {
+        autocast(options.precision, device, || match &plan {
+            Plan::Ddpm(schedule) => ddpm::sample(&guided, schedule, n, class, noise, frames),
+            Plan::Ddim(schedule) => ddim::sample(&guided, schedule, steps, n, class, noise, frames),
+            Plan::DpmPP2M(schedule, sde) => {
+                let visit = options.spacing.timesteps(schedule.timesteps(), steps);
+                dpmpp::sample(&guided, schedule, &visit, *sde, n, class, noise, frames)
+            }
+            Plan::Flow(solver) => ode::sample(*solver, &guided, steps, n, class, noise, frames),
+        })
+    };
+    // The samplers only read the model and return their result; a stop leaves nothing behind but dropped tensors.
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(output) => Ok(output),
+        Err(payload) if payload.is::<StopRequested>() => Err(GenerateError::Stopped),
+        Err(payload) => resume_unwind(payload),
+    }
+}
+
+/// The unwinding payload of a stop ([`Stoppable`]).
+struct StopRequested;
+
+/// A denoiser that asks `stop` before each prediction and, when it says so, unwinds out of the sampler to
+/// [`generate_until`]. Samplers return plain tensors, so this is how one is left mid-way without threading a
+/// `Result` through every step; `resume_unwind` skips the panic hook, so nothing is printed.
+struct Stoppable<'a> {
+    inner: &'a dyn Denoiser,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl Denoiser for Stoppable<'_> {
+    fn predict(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor {
+        if (self.stop)() {
+            resume_unwind(Box::new(StopRequested));
         }
-        Plan::Flow(solver) => ode::sample(*solver, &guided, steps, n, class, noise, frames),
-    });
-    Ok(output)
+        self.inner.predict(x, t, class)
+    }
+
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
 }
 
 /// A sampler paired with what it integrates: a noise schedule, or a flow solver.
@@ -350,6 +399,35 @@ mod tests {
             assert_eq!(options.guidance, defaults.guidance, "{kind:?}");
             assert_eq!(options.guidance_interval, defaults.guidance_interval, "{kind:?}");
         }
+    }
+
+    /// `stop` is asked before every network evaluation; once it says so the generation gives up with `Stopped`,
+    /// evaluating nothing more. Never asked to stop, the same call draws the digits.
+    #[test]
+    fn a_stop_gives_up_before_the_next_network_evaluation() {
+        let mut config = ModelKind::Cfg.spec_config();
+        config.model.hidden = 8;
+        let model = Model::new(&config.model, Device::Cpu);
+        let options = GenerateOptions {
+            sampler: Some(SamplerKind::Ddim),
+            steps: Some(10),
+            ..Default::default()
+        };
+        let request = Request::Classes(vec![3, 5]);
+        let asked = std::cell::Cell::new(0);
+        let stop_at_fifth = || {
+            asked.set(asked.get() + 1);
+            asked.get() >= 5
+        };
+        let stopped = generate_until(&model, &config, &request, &options, &mut RunRng::new(0), &stop_at_fifth);
+        assert!(matches!(stopped, Err(GenerateError::Stopped)), "{:?}", stopped.err());
+        assert_eq!(
+            asked.get(),
+            5,
+            "asked once per step (guided or not), and not after the stop"
+        );
+        let drawn = generate_until(&model, &config, &request, &options, &mut RunRng::new(0), &|| false);
+        assert_eq!(drawn.expect("never stopped").images.size(), [2, 1, 28, 28]);
     }
 
     /// Evaluations per sample: S for DDIM, DPM-Solver++ and Euler, 2S - 1 for Heun, 2S for midpoint, T for DDPM.

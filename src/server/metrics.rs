@@ -35,6 +35,7 @@ pub struct Metrics {
     images: IntCounter,
     generation_seconds: Histogram,
     worker_panics: IntCounter,
+    batches_stopped: IntCounter,
 }
 
 /// Request latency buckets, 1 ms to 2 min: health checks sit at the bottom, a 64-digit DDPM grid near the top.
@@ -82,6 +83,10 @@ impl Metrics {
             "diffuse_worker_panics_total",
             "Batches whose generation panicked (answered 500; the worker kept serving)",
         )?;
+        let batches_stopped = IntCounter::new(
+            "diffuse_batches_stopped_total",
+            "Batches stopped before they finished because every request in them had gone (timed out or disconnected)",
+        )?;
         let info = IntGaugeVec::new(
             Opts::new("diffuse_model_info", "The served model (always 1)"),
             &["name", "kind", "parameters", "precision", "device"],
@@ -101,6 +106,7 @@ impl Metrics {
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(generation_seconds.clone()))?;
         registry.register(Box::new(worker_panics.clone()))?;
+        registry.register(Box::new(batches_stopped.clone()))?;
         registry.register(Box::new(info))?;
         Ok(Self {
             registry,
@@ -111,6 +117,7 @@ impl Metrics {
             images,
             generation_seconds,
             worker_panics,
+            batches_stopped,
         })
     }
 
@@ -140,6 +147,10 @@ impl Metrics {
 
     pub fn worker_panicked(&self) {
         self.worker_panics.inc();
+    }
+
+    pub fn batch_stopped(&self) {
+        self.batches_stopped.inc();
     }
 
     /// Everything, in the text exposition format.
@@ -185,6 +196,7 @@ mod tests {
             "diffuse_images_generated_total 5",
             "diffuse_generation_seconds_sum 0.2",
             "diffuse_worker_panics_total 0",
+            "diffuse_batches_stopped_total 0",
             "diffuse_model_info{device=\"cpu\",kind=\"cfg\",name=\"cfg-d64\",parameters=\"1234\",precision=\"fp32\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

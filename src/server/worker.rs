@@ -3,7 +3,8 @@
 //! Jobs that share sampler, steps and guidance are concatenated (up to [`MAX_BATCH`] digits) into one sampler run;
 //! each job keeps its own noise stream ([`PerRequestNoise`]), so a request's digits depend on its seed, not on what
 //! it was batched with. Memory stays bounded: the queue has a fixed capacity and a batch a fixed size. Jobs whose
-//! caller already gave up (timeout, disconnect) are dropped before any work is spent on them.
+//! caller already gave up (timeout, disconnect) are dropped before any work is spent on them, and a running batch
+//! whose every caller has gone stops before its next network evaluation, so it does not hold up the queue.
 //!
 //! Before the first job the worker draws one digit with one step (the warm-up: first-call allocations and kernel
 //! selection happen here, not in a user's request) and only then marks the server ready. A panic while running a
@@ -18,7 +19,9 @@ use tch::{Device, Tensor};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::generate::{generate_with_noise, GenerateOptions, Request, SampleDefaults, SamplerKind};
+use crate::generate::{
+    generate_until, generate_with_noise, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind,
+};
 use crate::run::Loaded;
 use crate::runtime::precision::Precision;
 use crate::runtime::rng::RunRng;
@@ -38,6 +41,9 @@ pub const PANIC_ON_SEED_ENV: &str = "DIFFUSE_TEST_PANIC_ON_SEED";
 pub const WARMUP_DELAY_ENV: &str = "DIFFUSE_TEST_WARMUP_DELAY_MS";
 /// Test-only: milliseconds every batch sleeps before it runs, so a test can make generation slow on any hardware.
 pub const BATCH_DELAY_ENV: &str = "DIFFUSE_TEST_BATCH_DELAY_MS";
+/// Test-only: milliseconds every network evaluation of a batch waits first, so a test can make one batch long on any
+/// hardware.
+pub const STEP_DELAY_ENV: &str = "DIFFUSE_TEST_STEP_DELAY_MS";
 
 pub struct Job {
     pub params: GenerateParams,
@@ -147,17 +153,27 @@ fn run_guarded(loaded: &Loaded, batch: Vec<Job>, context: &WorkerContext, faults
     let seeds: Vec<u64> = batch.iter().map(|j| j.params.seed).collect();
     let (replies, params): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.reply, j.params)).unzip();
     let started = Instant::now();
+    let everyone_gone = || {
+        std::thread::sleep(std::time::Duration::from_millis(faults.step_delay_ms));
+        replies.iter().all(|reply| reply.is_closed())
+    };
     // The model and tensors are only read; a panic mid-batch leaves nothing half-updated that a later batch uses.
     let result = catch_unwind(AssertUnwindSafe(|| {
         if let Some(seed) = faults.panic_on_seed.filter(|s| seeds.contains(s)) {
             panic!("injected test fault ({PANIC_ON_SEED_ENV}={seed})");
         }
         std::thread::sleep(std::time::Duration::from_millis(faults.batch_delay_ms));
-        run_batch(loaded, &params, context.precision)
+        run_batch(loaded, &params, context.precision, &everyone_gone)
     }));
     let seconds = started.elapsed().as_secs_f64();
     let answers: Vec<Result<JobOutput, JobError>> = match result {
-        Ok(Ok(outputs)) => {
+        Ok(Ok(None)) => {
+            context.metrics.batch_stopped();
+            let message = "stopped a batch whose every caller had gone";
+            tracing::info!(target: "diffuse::server", seeds = ?seeds, seconds, "{message}");
+            return;
+        }
+        Ok(Ok(Some(outputs))) => {
             context.metrics.batch_done(params.iter().map(|p| p.n).sum(), seconds);
             outputs.into_iter().map(Ok).collect()
         }
@@ -222,6 +238,7 @@ struct Faults {
     panic_on_seed: Option<u64>,
     warmup_delay_ms: u64,
     batch_delay_ms: u64,
+    step_delay_ms: u64,
 }
 
 impl Faults {
@@ -231,12 +248,19 @@ impl Faults {
             panic_on_seed: read(PANIC_ON_SEED_ENV),
             warmup_delay_ms: read(WARMUP_DELAY_ENV).unwrap_or(0),
             batch_delay_ms: read(BATCH_DELAY_ENV).unwrap_or(0),
+            step_delay_ms: read(STEP_DELAY_ENV).unwrap_or(0),
         }
     }
 }
 
-/// Runs `batch` (its jobs' parameters, in order) as one sampler run: one output per job, or one error for all.
-fn run_batch(loaded: &Loaded, batch: &[GenerateParams], precision: Precision) -> Result<Vec<JobOutput>, JobError> {
+/// Runs `batch` (its jobs' parameters, in order) as one sampler run: one output per job, or one error for all; None
+/// when `stop` said to give up (asked before every network evaluation).
+fn run_batch(
+    loaded: &Loaded,
+    batch: &[GenerateParams],
+    precision: Precision,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Vec<JobOutput>>, JobError> {
     let started = Instant::now();
     let first = &batch[0];
     let frames = batch.iter().any(wants_frames);
@@ -264,8 +288,11 @@ fn run_batch(loaded: &Loaded, batch: &[GenerateParams], precision: Precision) ->
         frame_every: frames.then(|| SampleDefaults::frame_every(steps)),
         ..options
     };
-    let output = generate_with_noise(&loaded.model, &loaded.config, &request, &options, &mut noise)
-        .map_err(|e| JobError::Rejected(e.to_string()))?;
+    let output = match generate_until(&loaded.model, &loaded.config, &request, &options, &mut noise, stop) {
+        Ok(output) => output,
+        Err(GenerateError::Stopped) => return Ok(None),
+        Err(e) => return Err(JobError::Rejected(e.to_string())),
+    };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let digits: usize = batch.iter().map(|p| p.n).sum();
     let images = output.images.to_device(Device::Cpu);
@@ -287,5 +314,5 @@ fn run_batch(loaded: &Loaded, batch: &[GenerateParams], precision: Precision) ->
         });
         offset += n;
     }
-    Ok(outputs)
+    Ok(Some(outputs))
 }

@@ -217,3 +217,27 @@ fn a_full_queue_answers_503_and_a_slow_generation_504() {
     let (status, _, _) = get(&agent, &format!("{}/healthz", server.base));
     assert_eq!(status, 200);
 }
+
+/// A running batch whose every caller has gone stops before its next network evaluation instead of holding up the
+/// queue. The worker's test-only hook makes each evaluation wait 100 ms, so the abandoned DDPM batch (300
+/// evaluations) would take at least 30 s on any machine; the request sent after its 504 is answered within its own
+/// 3 s timeout only if that batch stopped.
+#[test]
+fn a_batch_nobody_waits_for_stops_and_frees_the_worker() {
+    let server = Server::start_with_env(&["--timeout-secs", "3"], &[("DIFFUSE_TEST_STEP_DELAY_MS", "100")]);
+    let agent = http();
+    let url = |path: &str| format!("{}{path}", server.base);
+    // Ready first: a request queued behind a slow warm-up could time out before its batch started.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get(&agent, &url("/readyz")).0 != 200 {
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _, _) = get(&agent, &url("/api/generate?digit=3&n=1&sampler=ddpm"));
+    assert_eq!(status, 504);
+    let (status, _, body) = get(&agent, &url("/api/generate?digit=8&n=1&sampler=ddim&steps=2"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, _, metrics) = get(&agent, &url("/metrics"));
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("diffuse_batches_stopped_total 1"), "{metrics}");
+}
