@@ -13,9 +13,9 @@
 // of x and passed here instead: BatchNorm subtracts the batch mean, so a per-channel constant cancels from its output
 // (its gradient is zero in exact arithmetic) and shows only in the running mean, where it is added. That spares the
 // convolution's bias gradient (oneDNN computes it for transposed convolutions with a slow reference loop). In fp32
-// the results match ATen's two ops to float rounding; in bf16 the output and dx are rounded to bf16 once each (ATen
-// also rounds the normalised tensor between its two ops). They do not depend on the thread count (per-block sums
-// reduced in block order).
+// the results match ATen's two ops to float rounding; in bf16 the output is rounded to bf16 once (ATen also rounds
+// the normalised tensor between its two ops) and dx twice, as dz and as dx, as in ATen's path. They do not depend on
+// the thread count (per-block sums reduced in block order).
 #include "bn_gelu_kernels.h"
 
 #include <ATen/ATen.h>

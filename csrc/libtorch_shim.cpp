@@ -29,6 +29,21 @@ std::optional<c10::OperatorHandle> mkldnn_op(const char *name) {
     return c10::Dispatcher::singleton().findSchema({name, ""});
 }
 
+// Whether oneDNN runs bf16 convolutions on this CPU, by ATen's own test (mkldnn::_is_mkldnn_bf16_supported): false
+// where bf16 is only emulated (AVX2, or ONEDNN_MAX_CPU_ISA below AVX-512), where ATen's fusion ops refuse bf16.
+bool onednn_runs_bf16() {
+    static const bool supported = [] {
+        const auto op = mkldnn_op("mkldnn::_is_mkldnn_bf16_supported");
+        if (!op) {
+            return false;
+        }
+        torch::jit::Stack stack;
+        op->callBoxed(&stack);
+        return stack.at(0).toBool();
+    }();
+    return supported;
+}
+
 }  // namespace
 
 extern "C" {
@@ -120,8 +135,8 @@ void diffuse_fused_adam(void **params, void **grads, void **exp_avgs, void **exp
 // it does what autocast does for a convolution (x, weight and bias cast to bf16, a bf16 result; the op has no autocast
 // kernel of its own), with GELU applied before the result is rounded to bf16. Returns 1 and a new tensor handle in
 // *out; 0 where it does not apply (not a 4-D CPU fp32 input, or a bf16 one under bf16 autocast; autograd recording;
-// another autocast type; a libtorch without the op), and the caller runs ATen's convolution and GELU; -1 on an error,
-// described by diffuse_conv_gelu_error().
+// another autocast type; bf16 where oneDNN does not run it; a libtorch without the op), and the caller runs ATen's
+// convolution and GELU; -1 on an error, described by diffuse_conv_gelu_error().
 int diffuse_conv_gelu(void *x_handle, void *weight_handle, void *bias_handle, int64_t stride, int64_t padding,
                       int transposed, void **out) {
     try {
@@ -132,7 +147,7 @@ int diffuse_conv_gelu(void *x_handle, void *weight_handle, void *bias_handle, in
         const bool recording = c10::GradMode::is_enabled() && (x_in.requires_grad() || weight_in.requires_grad() ||
                                                                (bias_in && bias_in->requires_grad()));
         const bool bf16 = at::autocast::is_autocast_enabled(at::kCPU);
-        if (bf16 && at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) {
+        if (bf16 && (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16 || !onednn_runs_bf16())) {
             return 0;
         }
         const at::ScalarType type = bf16 ? at::kBFloat16 : at::kFloat;
@@ -170,5 +185,8 @@ int diffuse_conv_gelu(void *x_handle, void *weight_handle, void *bias_handle, in
 }
 
 const char *diffuse_conv_gelu_error() { return conv_gelu_error.c_str(); }
+
+// 1 when diffuse_conv_gelu applies under bf16 autocast on this CPU (oneDNN runs bf16 here), else 0.
+int diffuse_conv_gelu_bf16() { return onednn_runs_bf16() ? 1 : 0; }
 
 }

@@ -4,12 +4,11 @@
 //! command, training-time figures and the server all go through [`generate`].
 
 mod samplers;
+mod stop;
 
 pub use samplers::{SampleDefaults, SamplerKind};
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use thiserror::Error;
 
 use crate::diffusion::schedule::NoiseSchedule;
@@ -202,7 +201,7 @@ pub fn generate_until(
         (Request::Unconditional(_), false) => None,
     };
     let n = request.len() as i64;
-    let stoppable = Stoppable { inner: model, stop };
+    let stoppable = stop::Stoppable { inner: model, stop };
     let guided = Guided {
         inner: &stoppable,
         gamma: options.guidance,
@@ -224,36 +223,7 @@ pub fn generate_until(
             Plan::Flow(solver) => ode::sample(*solver, &guided, steps, n, class, noise, frames),
         })
     };
-    // The samplers only read the model and return their result; a stop leaves nothing behind but dropped tensors.
-    match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(output) => Ok(output),
-        Err(payload) if payload.is::<StopRequested>() => Err(GenerateError::Stopped),
-        Err(payload) => resume_unwind(payload),
-    }
-}
-
-/// The unwinding payload of a stop ([`Stoppable`]).
-struct StopRequested;
-
-/// A denoiser that asks `stop` before each prediction and, when it says so, unwinds out of the sampler to
-/// [`generate_until`]. Samplers return plain tensors, so this is how one is left mid-way without threading a
-/// `Result` through every step; `resume_unwind` skips the panic hook, so nothing is printed.
-struct Stoppable<'a> {
-    inner: &'a dyn Denoiser,
-    stop: &'a dyn Fn() -> bool,
-}
-
-impl Denoiser for Stoppable<'_> {
-    fn predict(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor {
-        if (self.stop)() {
-            resume_unwind(Box::new(StopRequested));
-        }
-        self.inner.predict(x, t, class)
-    }
-
-    fn device(&self) -> Device {
-        self.inner.device()
-    }
+    stop::unless_stopped(run).ok_or(GenerateError::Stopped)
 }
 
 /// A sampler paired with what it integrates: a noise schedule, or a flow solver.
@@ -399,35 +369,6 @@ mod tests {
             assert_eq!(options.guidance, defaults.guidance, "{kind:?}");
             assert_eq!(options.guidance_interval, defaults.guidance_interval, "{kind:?}");
         }
-    }
-
-    /// `stop` is asked before every network evaluation; once it says so the generation gives up with `Stopped`,
-    /// evaluating nothing more. Never asked to stop, the same call draws the digits.
-    #[test]
-    fn a_stop_gives_up_before_the_next_network_evaluation() {
-        let mut config = ModelKind::Cfg.spec_config();
-        config.model.hidden = 8;
-        let model = Model::new(&config.model, Device::Cpu);
-        let options = GenerateOptions {
-            sampler: Some(SamplerKind::Ddim),
-            steps: Some(10),
-            ..Default::default()
-        };
-        let request = Request::Classes(vec![3, 5]);
-        let asked = std::cell::Cell::new(0);
-        let stop_at_fifth = || {
-            asked.set(asked.get() + 1);
-            asked.get() >= 5
-        };
-        let stopped = generate_until(&model, &config, &request, &options, &mut RunRng::new(0), &stop_at_fifth);
-        assert!(matches!(stopped, Err(GenerateError::Stopped)), "{:?}", stopped.err());
-        assert_eq!(
-            asked.get(),
-            5,
-            "asked once per step (guided or not), and not after the stop"
-        );
-        let drawn = generate_until(&model, &config, &request, &options, &mut RunRng::new(0), &|| false);
-        assert_eq!(drawn.expect("never stopped").images.size(), [2, 1, 28, 28]);
     }
 
     /// Evaluations per sample: S for DDIM, DPM-Solver++ and Euler, 2S - 1 for Heun, 2S for midpoint, T for DDPM.

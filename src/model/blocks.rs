@@ -127,7 +127,8 @@ impl ConvNormAct {
         }
         let z = self.libtorch_conv(x, weight, None);
         bn_gelu::batch_norm_gelu_train(&z, &self.norm, bias, BN_MOMENTUM, BN_EPS).unwrap_or_else(|| {
-            let z = bias.map_or_else(|| z.shallow_clone(), |b| &z + b.view([1, -1, 1, 1]));
+            // (in z's type: a bf16 z plus an fp32 bias would promote to fp32)
+            let z = bias.map_or_else(|| z.shallow_clone(), |b| (&z + b.view([1, -1, 1, 1])).to_kind(z.kind()));
             self.norm.forward_t(&z, true).gelu("none")
         })
     }
@@ -186,8 +187,8 @@ impl ConvNormAct {
 
     /// conv, eval-mode BatchNorm and GELU: the first two as one convolution (with s = gamma / sqrt(var + eps) per
     /// output channel, weight' = weight * s and bias' = (bias - mean) * s + beta), GELU inside it where oneDNN can
-    /// apply it as a post-op ([`conv_gelu`]: CPU fp32 under no-grad; the matrix-product forms of one input channel
-    /// and of the Unflatten keep their own).
+    /// apply it as a post-op ([`conv_gelu`]: on the CPU under no-grad, in fp32 or under bf16 autocast; the
+    /// matrix-product forms of one input channel and of the Unflatten keep their own).
     fn forward_folded(&self, parts: &[&Tensor]) -> Tensor {
         let norm = &self.norm;
         let ones = || norm.running_var.ones_like();

@@ -81,8 +81,9 @@ extern "C" {
     fn diffuse_autocast_is_enabled(cuda: i32) -> i32;
 }
 
-/// Runs `f` with autocast on for `device` when `precision` asks for it; restores the previous state afterwards
-/// (also when `f` panics), dropping autocast's weight cache, which goes stale once an optimizer updates weights.
+/// Runs `f` with autocast on for `device` when `precision` asks for it, and turns it off afterwards (also when `f`
+/// panics or unwinds), dropping autocast's weight cache, which goes stale once an optimizer updates weights. Not
+/// nestable: an inner call turns autocast off for the rest of an outer one.
 pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
     if precision == Precision::Fp32 {
         return f();
