@@ -125,6 +125,7 @@ mod tests {
     #[test]
     fn under_bf16_autocast_returns_bf16_as_close_as_libtorch() {
         use crate::runtime::precision::{autocast, Precision};
+        use crate::runtime::relative_error;
         tch::manual_seed(17);
         let opts = (Kind::Float, Device::Cpu);
         let bf16_values = |t: Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
@@ -155,16 +156,15 @@ mod tests {
                     "{what}"
                 );
                 assert_eq!(got.size(), exact.size(), "{what}");
-                let (error, scale) = (|t: &Tensor| (t.to_kind(Kind::Float) - &exact).abs(), exact.abs());
-                let largest = error(&got).max().double_value(&[]) / scale.max().double_value(&[]);
+                let largest = relative_error::largest(&got, &exact);
                 assert!(
                     largest <= 2f64.powi(-8) + 1e-5,
                     "{what}: off by {largest:e} of the largest value"
                 );
-                let mean = |t: &Tensor| {
-                    error(t).mean(Kind::Float).double_value(&[]) / scale.mean(Kind::Float).double_value(&[])
-                };
-                let (ours, theirs) = (mean(&got), mean(&libtorch));
+                let (ours, theirs) = (
+                    relative_error::mean(&got, &exact),
+                    relative_error::mean(&libtorch, &exact),
+                );
                 assert!(
                     ours <= theirs,
                     "{what}: off by {ours:e} on average, libtorch's bf16 by {theirs:e}"

@@ -38,3 +38,26 @@ pub(crate) unsafe fn shim_result(
         ),
     }
 }
+
+/// How far the fused ops' results are from a reference, for their tests: the absolute difference relative to the
+/// reference's magnitude, at its largest or on average.
+#[cfg(test)]
+pub(crate) mod relative_error {
+    use tch::{Kind, Tensor};
+
+    /// max |got - want| / max |want| (got read in want's type).
+    pub fn largest(got: &Tensor, want: &Tensor) -> f64 {
+        let scale = want.abs().max().double_value(&[]).max(1e-12);
+        (got.to_kind(want.kind()) - want).abs().max().double_value(&[]) / scale
+    }
+
+    /// mean |got - want| / mean |want| (got read in want's type).
+    pub fn mean(got: &Tensor, want: &Tensor) -> f64 {
+        let scale = want.abs().mean(Kind::Float).double_value(&[]).max(1e-12);
+        (got.to_kind(want.kind()) - want)
+            .abs()
+            .mean(Kind::Float)
+            .double_value(&[])
+            / scale
+    }
+}

@@ -169,8 +169,12 @@ fn run_guarded(loaded: &Loaded, batch: Vec<Job>, context: &WorkerContext, faults
     let answers: Vec<Result<JobOutput, JobError>> = match result {
         Ok(Ok(None)) => {
             context.metrics.batch_stopped();
-            let message = "stopped a batch whose every caller had gone";
-            tracing::info!(target: "diffuse::server", seeds = ?seeds, seconds, "{message}");
+            tracing::info!(
+                target: "diffuse::server",
+                seeds = ?seeds,
+                seconds,
+                "stopped a batch whose every caller had gone"
+            );
             return;
         }
         Ok(Ok(Some(outputs))) => {
