@@ -6,6 +6,10 @@
 //! - `csrc/libtorch_shim.cpp` (autocast and channels-last, which tch does not expose) and `csrc/bn_gelu.cpp` (the fused
 //!   BatchNorm + GELU op) are compiled against the same libtorch headers, with OpenMP when libtorch ships its
 //!   libgomp, so that ATen's parallel_for in them runs on libtorch's own thread pool.
+//! - `csrc/cuda_graph.cpp` (CUDA graphs) is compiled with the CUDA runtime headers where libtorch has CUDA, into its
+//!   own library whose references to libtorch's CUDA libraries are then made weak (`objcopy --weaken`): the binary
+//!   still starts where those libraries are absent (the CPU release bundle drops `libtorch_cuda.so`, see
+//!   scripts/package.sh), and graphs are only ever used on a CUDA device, which needs them loaded.
 //! - `csrc/bn_gelu_kernels.cpp` is compiled once per instruction set (AVX-512, AVX2, none); the op picks at run
 //!   time the one ATen itself dispatches to.
 use std::path::PathBuf;
@@ -16,15 +20,19 @@ fn main() {
         "bn_gelu.cpp",
         "bn_gelu_kernels.cpp",
         "bn_gelu_kernels.h",
+        "cuda_graph.cpp",
     ] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
     let lib_dir =
         PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch folder"));
-    if lib_dir.join("libtorch_cuda.so").exists() {
+    let cuda = lib_dir.join("libtorch_cuda.so").exists();
+    if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        // Seen for its symbols only: the weak references to it make no NEEDED entry (libtorch_cuda loads it).
+        println!("cargo:rustc-link-arg=-lc10_cuda");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
 
@@ -55,6 +63,7 @@ fn main() {
     }
     // Before the kernel libraries, which it references (static libraries resolve left to right).
     shim.compile("diffuse_shim");
+    compile_cuda_graphs(cuda, &lib_dir, &include);
 
     let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
     let isas: &[(&str, &[&str])] = if x86_64 {
@@ -93,5 +102,64 @@ fn main() {
             build.flag(flag);
         }
         build.compile(&format!("diffuse_bn_gelu_{isa}"));
+    }
+}
+
+/// A complete set of CUDA runtime headers (`cuda_runtime.h` and the `crt/` folder it includes) from the pip wheels
+/// beside the `torch` package, or of a system CUDA. The CUDA 13 runtime wheel ships no `crt/`; triton's copy (a
+/// torch dependency on Linux) is complete. Only types and declarations are used (the graph API itself is
+/// libtorch's), so a minor version apart from libtorch's own CUDA does not matter.
+fn cuda_headers(lib_dir: &std::path::Path) -> Option<PathBuf> {
+    let site_packages = lib_dir.parent()?.parent()?;
+    [
+        site_packages.join("nvidia/cu13/include"),
+        site_packages.join("nvidia/cuda_runtime/include"),
+        site_packages.join("triton/backends/nvidia/include"),
+        PathBuf::from("/usr/local/cuda/include"),
+    ]
+    .into_iter()
+    .find(|dir| dir.join("cuda_runtime.h").exists() && dir.join("crt/host_config.h").exists())
+}
+
+/// `csrc/cuda_graph.cpp` as the static library `diffuse_cuda_graph`: with CUDA where libtorch has it and its references
+/// can be made weak, else the build without (every call reports that graphs are not available).
+fn compile_cuda_graphs(cuda: bool, lib_dir: &std::path::Path, include: &std::path::Path) {
+    let build = |headers: Option<&std::path::Path>| {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .pic(true)
+            .warnings(false)
+            .include(include)
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .file("csrc/cuda_graph.cpp");
+        if let Some(headers) = headers {
+            build.include(headers).define("DIFFUSE_CUDA", None);
+        }
+        build.compile("diffuse_cuda_graph");
+    };
+    println!("cargo:rustc-check-cfg=cfg(diffuse_cuda_graphs)");
+    let Some(headers) = cuda.then(|| cuda_headers(lib_dir)).flatten() else {
+        if cuda {
+            println!(
+                "cargo:warning=libtorch has CUDA but no CUDA runtime headers were found beside it: no CUDA graphs"
+            );
+        }
+        return build(None);
+    };
+    build(Some(&headers));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let objcopy = std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into());
+    let weakened = std::process::Command::new(&objcopy)
+        .arg("--weaken")
+        .arg(out_dir.join("libdiffuse_cuda_graph.a"))
+        .status()
+        .is_ok_and(|status| status.success());
+    if weakened {
+        println!("cargo:rustc-cfg=diffuse_cuda_graphs");
+    } else {
+        println!("cargo:warning={objcopy} --weaken failed (binutils missing?): built without CUDA graphs");
+        build(None);
     }
 }

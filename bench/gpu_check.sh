@@ -3,7 +3,9 @@
 # `diffuse` binary built elsewhere (BIN) and the MNIST files (MNIST_DIR). Results go to $OUT.
 #   1. the same training steps on CPU and CUDA (same seed, same init, same batches) give the same losses;
 #   2. `diffuse bench` against bench/pytorch_ref.py on the same card, fp32 and bf16;
-#   3. the full 20-epoch cfg run (SPEC.md defaults) on the GPU: wall time, loss curve, figures, final weights.
+#   2b. --cuda-graphs on against off: the same losses, a capture per epoch, the training and sampling speed;
+#   3. the full 20-epoch cfg run (SPEC.md defaults) on the GPU, with CUDA graphs unless GRAPHS=off: wall time, loss
+#      curve, figures, final weights.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 BIN=${BIN:-target/release/diffuse}
@@ -41,9 +43,31 @@ for prec in fp32 bf16; do
   $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --channels-last --warmup 20 --steps 100 --sample-steps 100 --json
 done 2>&1 | tee "$OUT/bench.jsonl"
 
-log "3. full cfg run (20 epochs, SPEC.md defaults) on the GPU, precision ${PRECISION:-fp32}"
+log "2b. CUDA graphs: 2 epochs of cfg (D=64, batch 128, 4096 images), eager against graphed, same seed"
+for graphs in off on; do
+  "$BIN" train cfg --subset 4096 --epochs 2 --no-figures --device cuda --cuda-graphs "$graphs" -v \
+    --out "$W/graphs-$graphs" 2>&1 | grep -E "captured|error|panic|epoch 2" | tail -n 4
+done
+$PY - "$W" <<'PY'
+import csv, sys
+w = sys.argv[1]
+rows = {g: [float(r["loss"]) for r in csv.DictReader(open(f"{w}/graphs-{g}/losses.csv"))] for g in ("off", "on")}
+worst = max(abs(a - b) / abs(a) for a, b in zip(rows["off"], rows["on"]))
+print(f"steps {len(rows['off'])}/{len(rows['on'])}, largest relative loss difference {worst:.2e}")
+print("GRAPH PARITY", "OK" if len(rows["off"]) == len(rows["on"]) and worst < 2e-3 else "FAILED")
+PY
+for prec in fp32 bf16; do
+  "$BIN" bench --device cuda --cuda-graphs on --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
+done 2>&1 | tee -a "$OUT/bench.jsonl"
+for graphs in off on; do
+  echo "40 guided digits, DDPM 300 steps, --cuda-graphs $graphs (whole process, then the command's own timing):"
+  /usr/bin/time -f "%e s wall, %M KB peak RSS" "$BIN" sample --device cuda --cuda-graphs "$graphs" -v \
+    --sampler ddpm --out "$W/ddpm-$graphs.png" 2>&1 | grep -E "samples in|captured|wall|error|panic"
+done
+
+log "3. full cfg run (20 epochs, SPEC.md defaults) on the GPU, precision ${PRECISION:-fp32}, CUDA graphs ${GRAPHS:-on}"
 start=$(date +%s)
-timeout "${TRAIN_TIMEOUT:-330}" "$BIN" train cfg --device cuda --precision "${PRECISION:-fp32}" --out "$W/cfg20" 2>&1 | grep -v "step " | tail -n 25
+timeout "${TRAIN_TIMEOUT:-330}" "$BIN" train cfg --device cuda --cuda-graphs "${GRAPHS:-on}" --precision "${PRECISION:-fp32}" --out "$W/cfg20" 2>&1 | grep -v "step " | tail -n 25
 end=$(date +%s)
 echo "cfg 20-epoch wall time (incl. figures): $((end - start)) s"
 last=$(ls -d "$W"/cfg20/checkpoints/epoch-* 2>/dev/null | tail -n 1)

@@ -109,7 +109,10 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
         precision: config.precision,
         layout: config.layout,
         threads: crate::runtime::device::threads(),
-        device: crate::runtime::device::describe(device),
+        device: match crate::runtime::cuda_graph::applies(device) {
+            true => format!("{} with CUDA graphs", crate::runtime::device::describe(device)),
+            false => crate::runtime::device::describe(device),
+        },
         train_img_per_s,
         sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,

@@ -8,6 +8,7 @@ use clap::Args;
 use tch::Device;
 
 use diffuse::run::{self, shipped, Loaded};
+use diffuse::runtime::cuda_graph::{self, Graphs};
 use diffuse::runtime::device::{self, DeviceChoice};
 use diffuse::runtime::layout::Layout;
 use diffuse::runtime::precision::Precision;
@@ -22,12 +23,17 @@ pub struct DeviceArgs {
     /// libtorch threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// On CUDA, run each training step and each network evaluation of a sampler as one captured CUDA graph
+    /// (experimental: not yet run on a GPU; also `DIFFUSE_CUDA_GRAPHS`). No effect on CPU.
+    #[arg(long, value_enum, env = "DIFFUSE_CUDA_GRAPHS", default_value_t = Graphs::Off)]
+    pub cuda_graphs: Graphs,
 }
 
 impl DeviceArgs {
     /// Applies the thread count and resolves the device.
     pub fn resolve(&self) -> anyhow::Result<Device> {
         device::set_threads(self.threads);
+        cuda_graph::set(self.cuda_graphs);
         Ok(self.device.resolve()?)
     }
 }

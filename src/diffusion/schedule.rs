@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::runtime::device::upload;
+
 /// Hyperparameters of a linear beta schedule (the assignment: T = 300, 1e-4 .. 0.02).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScheduleConfig {
@@ -104,8 +106,7 @@ impl NoiseSchedule {
 /// values[t] for each t, shaped [N, 1, 1, 1] to broadcast over images.
 fn per_sample(values: &[f64], t: &Tensor, device: Device) -> Tensor {
     let table: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    Tensor::from_slice(&table)
-        .to_device(device)
+    upload(Tensor::from_slice(&table), device)
         .index_select(0, t)
         .view([-1, 1, 1, 1])
         .to_kind(Kind::Float)

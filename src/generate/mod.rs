@@ -14,8 +14,11 @@ use thiserror::Error;
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::model::Model;
 use crate::run::{Objective, TrainConfig};
+use crate::runtime::cuda_graph;
+use crate::runtime::device::upload;
 use crate::runtime::precision::{autocast, Precision};
 use crate::runtime::rng::RunRng;
+use crate::sampler::graphed::Graphed;
 use crate::sampler::guidance::Guided;
 use crate::sampler::levels::Spacing;
 use crate::sampler::ode::{self, FlowSolver};
@@ -201,7 +204,12 @@ pub fn generate_until(
         (Request::Unconditional(_), false) => None,
     };
     let n = request.len() as i64;
-    let stoppable = stop::Stoppable { inner: model, stop };
+    let graphed = cuda_graph::applies(device).then(|| Graphed::new(model));
+    let network: &dyn Denoiser = match &graphed {
+        Some(graphed) => graphed,
+        None => model,
+    };
+    let stoppable = stop::Stoppable { inner: network, stop };
     let guided = Guided {
         inner: &stoppable,
         gamma: options.guidance,
@@ -275,9 +283,7 @@ fn class_vectors(labels: &[Option<u8>], device: tch::Device) -> Tensor {
             values[i * 10 + *c as usize] = 1.0;
         }
     }
-    Tensor::from_slice(&values)
-        .view([labels.len() as i64, 10])
-        .to_device(device)
+    upload(Tensor::from_slice(&values).view([labels.len() as i64, 10]), device)
 }
 
 /// The number of network evaluations per sample a sampler will make (for frame spacing and titles); a guided

@@ -1,7 +1,7 @@
 //! Where tensors live: CPU by default, an NVIDIA GPU automatically when libtorch sees one.
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 use thiserror::Error;
 
 /// The `--device` flag.
@@ -37,6 +37,20 @@ impl DeviceChoice {
 fn cuda() -> Device {
     tch::Cuda::cudnn_set_benchmark(true);
     Device::Cuda(0)
+}
+
+/// `host` (a CPU tensor) on `device`. To a GPU the copy goes through pinned memory and is only queued: the host goes
+/// on without waiting for the work queued before it (a copy from ordinary memory would wait), and libtorch keeps the
+/// pinned block until the copy has run. This is how per-step values drawn on the host (noise, timesteps, batch
+/// indices) reach the GPU with no host sync inside an epoch.
+pub fn upload(host: Tensor, device: Device) -> Tensor {
+    match device {
+        // aten::_pin_memory: Tensor::pin_memory(device) warns at every call that its device argument is deprecated.
+        Device::Cuda(_) => host
+            .internal_pin_memory(device)
+            .to_device_(device, host.kind(), true, false),
+        _ => host.to_device(device),
+    }
 }
 
 /// Sets libtorch's intra-op thread count; `None` keeps libtorch's choice (one per core).

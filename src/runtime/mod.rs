@@ -3,6 +3,7 @@
 
 pub mod bn_gelu;
 pub mod conv_gelu;
+pub mod cuda_graph;
 pub mod device;
 pub mod layout;
 pub mod precision;

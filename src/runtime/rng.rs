@@ -10,6 +10,8 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use super::device::upload;
+
 /// A seeded, serialisable random stream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunRng {
@@ -41,7 +43,7 @@ impl RunRng {
     /// A standard normal tensor of the given shape, float32, on `device`.
     pub fn normal_tensor(&mut self, shape: &[i64], device: Device) -> Tensor {
         let n = shape.iter().product::<i64>() as usize;
-        Tensor::from_slice(&self.normals(n)).reshape(shape).to_device(device)
+        upload(Tensor::from_slice(&self.normals(n)).reshape(shape), device)
     }
 
     /// `n` integers uniform in `0..upper`.

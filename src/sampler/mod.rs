@@ -7,6 +7,7 @@
 pub mod ddim;
 pub mod ddpm;
 pub mod dpmpp;
+pub mod graphed;
 pub mod guidance;
 pub mod levels;
 pub mod ode;

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::diffusion::flow_path;
 use crate::diffusion::schedule::NoiseSchedule;
+use crate::runtime::device::upload;
 use crate::runtime::rng::RunRng;
 
 use crate::run::Objective;
@@ -21,6 +22,29 @@ pub struct TrainingBatch {
     pub class: Option<Tensor>,
     /// [N, 1, 28, 28]
     pub target: Tensor,
+}
+
+impl TrainingBatch {
+    /// A copy in fresh memory (the inputs of a captured training step).
+    pub fn copy(&self) -> Self {
+        Self {
+            input: self.input.copy(),
+            t: self.t.as_ref().map(Tensor::copy),
+            class: self.class.as_ref().map(Tensor::copy),
+            target: self.target.copy(),
+        }
+    }
+
+    /// Overwrites this batch's tensors in place with `other`'s (same shapes and presence).
+    pub fn copy_from(&mut self, other: &TrainingBatch) {
+        self.input.copy_(&other.input);
+        self.target.copy_(&other.target);
+        for (to, from) in [(&mut self.t, &other.t), (&mut self.class, &other.class)] {
+            if let (Some(to), Some(from)) = (to, from) {
+                to.copy_(from);
+            }
+        }
+    }
 }
 
 /// An objective with its precomputed schedule.
@@ -51,7 +75,7 @@ impl Prepared {
             },
             (Objective::Ddpm { .. } | Objective::Cfg { .. }, Some(schedule)) => {
                 let steps = rng.integers(n as usize, schedule.timesteps() as i64);
-                let input = schedule.add_noise(x0, &Tensor::from_slice(&steps).to_device(device), &eps);
+                let input = schedule.add_noise(x0, &upload(Tensor::from_slice(&steps), device), &eps);
                 let t: Vec<f32> = steps
                     .iter()
                     .map(|&t| schedule.normalized_time(t as usize) as f32)
@@ -59,13 +83,13 @@ impl Prepared {
                 let class = self.class_with_dropout(labels, n, rng);
                 TrainingBatch {
                     input,
-                    t: Some(Tensor::from_slice(&t).to_device(device)),
+                    t: Some(upload(Tensor::from_slice(&t), device)),
                     class,
                     target: eps,
                 }
             }
             (Objective::Flow { .. }, _) => {
-                let t = Tensor::from_slice(&rng.uniforms(n as usize)).to_device(device); // [N] in [0, 1)
+                let t = upload(Tensor::from_slice(&rng.uniforms(n as usize)), device); // [N] in [0, 1)
                 let input = flow_path::interpolate(x0, &eps, &t);
                 let class = self.class_with_dropout(labels, n, rng);
                 TrainingBatch {
@@ -93,7 +117,7 @@ impl Prepared {
             .iter()
             .map(|&drop| f32::from(u8::from(!drop)))
             .collect();
-        Some(one_hot(labels, device) * Tensor::from_slice(&keep).to_device(device).view([-1, 1]))
+        Some(one_hot(labels, device) * upload(Tensor::from_slice(&keep), device).view([-1, 1]))
     }
 }
 

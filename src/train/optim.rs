@@ -73,9 +73,15 @@ impl Adam {
     }
 
     /// One update with learning rate `lr`, from the gradients the last backward pass left (parameters without a
-    /// gradient are left alone).
+    /// gradient are left alone), counted in [`Adam::step`].
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
+        self.update(lr);
+    }
+
+    /// The device work of [`Adam::step`] alone (the per-parameter counters the kernel reads are on the device and
+    /// advance here): what a captured training step replays. The caller counts the step in [`Adam::step`].
+    pub fn update(&self, lr: f64) {
         let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
         let live: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].defined()).collect();
         fn pick<'a>(all: &'a [Tensor], live: &[usize]) -> Vec<&'a Tensor> {

@@ -19,14 +19,20 @@ use crate::run::config::InvalidConfig;
 use crate::run::{
     CheckpointError, CheckpointState, RunDir, RunError, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
 };
-use crate::runtime::precision::autocast;
+use crate::runtime::cuda_graph::{self, CudaGraph, GraphError};
+use crate::runtime::device::upload;
+use crate::runtime::precision::{autocast, Precision};
 use crate::runtime::rng::RunRng;
 
 use super::ema::Ema;
-use super::objective::Prepared;
+use super::objective::{Prepared, TrainingBatch};
 use super::optim::Adam;
+
 /// On CUDA, losses are read back to the host every this many steps.
 const CUDA_LOSS_READ_EVERY: usize = 32;
+/// With `--cuda-graphs on`, full-size steps run eagerly this many times in each process before the step is
+/// captured: they fill cuDNN's algorithm cache and create the gradients, which capture cannot do.
+const EAGER_STEPS_BEFORE_CAPTURE: usize = 3;
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -118,6 +124,33 @@ pub struct Trainer {
     /// Wall seconds of each finished epoch.
     pub epoch_seconds: Vec<f64>,
     pub faults: Faults,
+    /// The captured step (`--cuda-graphs on`), the full-size steps run eagerly so far in this process, and whether
+    /// a capture or replay failed (the run then goes on eagerly).
+    graphed: Option<GraphedStep>,
+    eager_full_steps: usize,
+    graphs_failed: bool,
+}
+
+/// A training step captured as a CUDA graph: the whole step for a full-size batch at one learning rate (recaptured
+/// when the rate changes, once an epoch), reading its batch from `batch` and writing its loss to `loss`.
+struct GraphedStep {
+    graph: CudaGraph,
+    lr: f64,
+    batch: TrainingBatch,
+    loss: Tensor,
+}
+
+/// The device work of one optimizer step: gradients zeroed, forward (under autocast), loss, backward, the Adam
+/// update (without counting the step, see [`Adam::update`]). Returns the loss, detached, on the device.
+fn step_work(model: &Model, adam: &mut Adam, precision: Precision, batch: &TrainingBatch, lr: f64) -> Tensor {
+    adam.zero_grad();
+    let loss = autocast(precision, model.device(), || {
+        let prediction = model.forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
+        prediction.to_kind(Kind::Float).mse_loss(&batch.target, Reduction::Mean)
+    });
+    loss.backward();
+    adam.update(lr);
+    loss.detach()
 }
 
 impl Trainer {
@@ -168,6 +201,9 @@ impl Trainer {
             losses: Vec::new(),
             epoch_seconds: Vec::new(),
             faults: Faults::default(),
+            graphed: None,
+            eager_full_steps: 0,
+            graphs_failed: false,
         }
     }
 
@@ -244,7 +280,7 @@ impl Trainer {
         let read_every = if device.is_cuda() { CUDA_LOSS_READ_EVERY } else { 1 };
         let mut pending: Vec<(Tensor, usize)> = Vec::with_capacity(read_every);
         for (step, chunk) in order.chunks(batch_size).enumerate() {
-            let index = Tensor::from_slice(chunk).to_device(device);
+            let index = upload(Tensor::from_slice(chunk), device);
             let x0 = data.images.index_select(0, &index);
             let labels = data.labels.index_select(0, &index);
             pending.push((self.train_step(&x0, &labels, lr), chunk.len()));
@@ -265,21 +301,61 @@ impl Trainer {
     /// One optimizer step on a batch: x0 [B, 1, 28, 28] in [0, 1], labels [B]. Returns the loss, a scalar still on
     /// the device (see [`Trainer::record_losses`]).
     pub fn train_step(&mut self, x0: &Tensor, labels: &Tensor, lr: f64) -> Tensor {
-        let device = self.device();
         let batch = self.objective.batch(x0, labels, &mut self.rng);
-        self.adam.zero_grad();
-        let loss = autocast(self.config.precision, device, || {
-            let prediction = self
-                .model
-                .forward_t(&batch.input, batch.t.as_ref(), batch.class.as_ref(), true);
-            prediction.to_kind(Kind::Float).mse_loss(&batch.target, Reduction::Mean)
-        });
-        loss.backward();
-        self.adam.step(lr);
+        let full = batch.input.size()[0] == self.config.batch_size as i64;
+        let graphed = if full
+            && !self.graphs_failed
+            && self.eager_full_steps >= EAGER_STEPS_BEFORE_CAPTURE
+            && cuda_graph::applies(self.device())
+        {
+            self.graphed_step(&batch, lr).map(Some).unwrap_or_else(|e| {
+                // Nothing of the step ran (a capture only records; a replay that fails launches nothing).
+                tracing::warn!("{e}; training goes on without CUDA graphs");
+                (self.graphs_failed, self.graphed) = (true, None);
+                None
+            })
+        } else {
+            None
+        };
+        let loss = match graphed {
+            Some(loss) => loss,
+            None => {
+                self.eager_full_steps += usize::from(full);
+                self.adam.step += 1;
+                step_work(&self.model, &mut self.adam, self.config.precision, &batch, lr)
+            }
+        };
         if let Some(ema) = &mut self.ema {
             ema.update(&self.model, self.adam.step);
         }
-        loss.detach()
+        loss
+    }
+
+    /// [`step_work`] through a CUDA graph: the batch is copied into the graph's inputs and the graph replayed,
+    /// capturing it first when there is none yet for this learning rate. The same kernels as an eager step.
+    fn graphed_step(&mut self, batch: &TrainingBatch, lr: f64) -> Result<Tensor, GraphError> {
+        match &mut self.graphed {
+            Some(graphed) if graphed.lr == lr => graphed.batch.copy_from(batch),
+            _ => {
+                self.graphed = None; // the old graph's memory goes back before the new capture takes its own
+                let inputs = batch.copy();
+                let (model, adam, precision) = (&self.model, &mut self.adam, self.config.precision);
+                let (graph, loss) =
+                    CudaGraph::capture(model.device(), || step_work(model, adam, precision, &inputs, lr))?;
+                tracing::info!(lr, "training step captured as a CUDA graph");
+                self.graphed = Some(GraphedStep {
+                    graph,
+                    lr,
+                    batch: inputs,
+                    loss,
+                });
+            }
+        }
+        let graphed = self.graphed.as_ref().expect("a graph was captured above");
+        graphed.graph.replay()?;
+        self.adam.step += 1;
+        // The graph overwrites its loss on the next replay; the caller keeps this one until it reads it back.
+        Ok(graphed.loss.copy())
     }
 
     /// Reads the pending losses back (one wait for the device), appends them to the history and reports them.

@@ -65,3 +65,85 @@ fn needs_cuda_trains_and_samples_on_the_gpu_like_on_the_cpu() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(fs::metadata(&png).expect("png").len() > 100);
 }
+
+/// The grey levels of a PNG grid.
+fn pixels(png: &Path) -> Vec<u8> {
+    image::open(png).expect("a PNG").to_luma8().into_raw()
+}
+
+/// `--cuda-graphs on` replays the kernels an eager step launches, so training and sampling give what they give
+/// without graphs, up to the GPU's own run-to-run rounding (cuDNN's algorithm choice, atomics in backward passes).
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/test.sh includes it when nvidia-smi sees one)"]
+fn needs_cuda_graphs_train_and_sample_like_eager_kernels() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let train = |graphs: &str| {
+        let run = tmp.path().join(format!("graphs-{graphs}"));
+        let mut args = tiny("cfg", &run, &["--epochs", "2", "--precision", "fp32", "--seed", "3"]);
+        args.extend(["--device", "cuda", "--cuda-graphs", graphs, "-v"].map(String::from));
+        let out = run_owned(&args);
+        assert!(out.status.success(), "--cuda-graphs {graphs}: {}", stderr(&out));
+        (run, stderr(&out))
+    };
+    let (eager, eager_log) = train("off");
+    let (graphed, graphed_log) = train("on");
+    assert!(!eager_log.contains("captured as a CUDA graph"), "{eager_log}");
+    // One capture per learning rate: one per epoch.
+    assert_eq!(
+        graphed_log.matches("training step captured as a CUDA graph").count(),
+        2,
+        "{graphed_log}"
+    );
+    // The first 3 steps run eagerly in both (the same weights and batch: rounding apart); later ones drift apart
+    // only as two eager runs in two processes do.
+    let (a, b) = (losses(&eager), losses(&graphed));
+    assert_eq!(a.len(), b.len());
+    for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+        let tolerance = if step < 3 { 1e-3 } else { 2e-2 };
+        assert!(
+            b.is_finite() && (a - b).abs() <= tolerance * a.abs(),
+            "step {}: eager {a}, graphed {b}",
+            step + 1
+        );
+    }
+
+    // Deterministic DDIM, guided (batches of 2N), from the graphed run, with and without graphs.
+    let sample = |graphs: &str| {
+        let png = tmp.path().join(format!("sample-{graphs}.png"));
+        let out = run(&[
+            "sample",
+            "--device",
+            "cuda",
+            "--cuda-graphs",
+            graphs,
+            "-v",
+            "--run",
+            graphed.to_str().expect("utf8"),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "20",
+            "--digits",
+            "1,4,7",
+            "--per-digit",
+            "2",
+            "--out",
+            png.to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "--cuda-graphs {graphs}: {}", stderr(&out));
+        (pixels(&png), stderr(&out))
+    };
+    let ((eager_px, _), (graphed_px, log)) = (sample("off"), sample("on"));
+    assert!(log.contains("captured as a CUDA graph"), "{log}");
+    assert_eq!(eager_px.len(), graphed_px.len());
+    let far = eager_px
+        .iter()
+        .zip(&graphed_px)
+        .filter(|(a, b)| a.abs_diff(**b) > 2)
+        .count();
+    assert!(
+        far * 1000 <= eager_px.len(),
+        "{far} of {} pixels differ by more than 2 levels",
+        eager_px.len()
+    );
+}

@@ -1,0 +1,184 @@
+// CUDA graphs, which tch 0.24 does not expose (tch-rs issue 631), called from src/runtime/cuda_graph.rs: a graph is
+// captured from the ops issued on the calling thread between diffuse_graph_begin and diffuse_graph_end (backward
+// passes included: autograd runs them on the streams their forward ops ran on), then replayed with one launch.
+//
+// Capture runs on a side stream (CUDA cannot capture the legacy default stream) that first waits for the work
+// already queued; the graph allocates from its own memory pool, so the tensors made during capture keep their
+// addresses on every replay. Replay runs on the current stream.
+//
+// Built against libtorch's CUDA headers where the libtorch in use ships CUDA (DIFFUSE_CUDA); elsewhere every call
+// reports that graphs are not available. build.rs makes this file's references to libtorch_cuda and libc10_cuda weak,
+// so diffuse_graph_available also asks the dynamic linker whether those libraries are loaded.
+#include <ATen/ATen.h>
+#include <dlfcn.h>
+
+#ifdef DIFFUSE_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/Event.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <exception>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+thread_local std::string graph_error;
+
+#ifdef DIFFUSE_CUDA
+// A CUDAGraph that can clean up after a failed capture, which CUDAGraph itself leaves registered with the caching
+// allocator (capture_end throws before it stops allocating to the graph's pool, and reset() only releases the pool
+// of a capture that ended).
+struct Graph : at::cuda::CUDAGraph {
+    std::optional<c10::cuda::CUDAStream> previous;
+
+    void abandon_capture() noexcept {
+        if (capture_dev_ == UNDEFINED_DEVICE) {  // capture_begin failed before it touched the allocator
+            return;
+        }
+        try {
+            c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
+        } catch (...) {  // not allocating to the pool (the failure came before or after)
+        }
+        if (!capture_ended_) {
+            try {
+                c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
+            } catch (...) {
+            }
+        }
+    }
+
+    void restore_stream() {
+        if (previous) {
+            c10::cuda::setCurrentCUDAStream(*previous);
+            previous.reset();
+        }
+    }
+};
+
+// One capture stream per device for the whole process, as torch.cuda.graph keeps one: libraries that key state by
+// stream (cuBLAS's workspace) then set it up once, not at every capture.
+c10::cuda::CUDAStream capture_stream(c10::DeviceIndex device) {
+    static std::mutex mutex;
+    static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto found = streams.find(device);
+    if (found == streams.end()) {
+        found = streams.emplace(device, c10::cuda::getStreamFromPool(false, device)).first;
+    }
+    return found->second;
+}
+
+// `waiter` runs nothing queued after this call before `first`'s queued work is done (no host wait).
+void wait_for(const c10::cuda::CUDAStream &first, const c10::cuda::CUDAStream &waiter) {
+    c10::Event event(c10::DeviceType::CUDA);
+    event.record(first.unwrap());
+    event.block(waiter.unwrap());
+}
+#endif
+
+template <typename F>
+int guarded(F body) {
+    try {
+        body();
+        return 0;
+    } catch (const std::exception &e) {
+        graph_error = e.what();
+        return -1;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *diffuse_graph_error() { return graph_error.c_str(); }
+
+#ifdef DIFFUSE_CUDA
+
+// 1 when this process can capture CUDA graphs: built with CUDA, and libtorch's CUDA libraries are loaded.
+int diffuse_graph_available() {
+    // One symbol of each library this file calls into (libtorch_cuda, libc10_cuda).
+    static const bool loaded = dlsym(RTLD_DEFAULT, "_ZN2at4cuda17graph_pool_handleEv") != nullptr &&
+                               dlsym(RTLD_DEFAULT, "_ZN3c104cuda18device_synchronizeEv") != nullptr;
+    return loaded ? 1 : 0;
+}
+
+// A new, empty graph; nullptr where graphs are not available (or with diffuse_graph_error() on a failure).
+void *diffuse_graph_new() {
+    try {
+        return diffuse_graph_available() ? new Graph() : nullptr;
+    } catch (const std::exception &e) {
+        graph_error = e.what();
+        return nullptr;
+    }
+}
+
+void diffuse_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
+
+// Starts capturing the calling thread's work on `device` into `graph`. 0, or -1 with diffuse_graph_error().
+int diffuse_graph_begin(void *graph, int device) {
+    return guarded([&] {
+        Graph &g = *static_cast<Graph *>(graph);
+        const auto index = static_cast<c10::DeviceIndex>(device);
+        // As torch.cuda.graph does: nothing queued before (a replay of the graph this one replaces, whose memory
+        // has just been handed back) is still running when capture starts. Once a capture, not once a step.
+        c10::cuda::set_device(index);
+        c10::cuda::device_synchronize();
+        const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(index);
+        const c10::cuda::CUDAStream side = capture_stream(index);
+        wait_for(current, side);
+        c10::cuda::setCurrentCUDAStream(side);
+        g.previous = current;
+        try {
+            g.capture_begin();
+        } catch (...) {
+            g.abandon_capture();
+            g.restore_stream();
+            throw;
+        }
+    });
+}
+
+// Ends the capture begun by diffuse_graph_begin and makes the graph ready to replay; the calling thread's stream is
+// the one it was before, whether or not the capture succeeded. 0, or -1 with diffuse_graph_error().
+int diffuse_graph_end(void *graph) {
+    return guarded([&] {
+        Graph &g = *static_cast<Graph *>(graph);
+        if (!g.previous) {
+            throw std::runtime_error("diffuse_graph_end without diffuse_graph_begin");
+        }
+        const c10::cuda::CUDAStream side = c10::cuda::getCurrentCUDAStream();
+        try {
+            g.capture_end();
+        } catch (...) {
+            g.abandon_capture();
+            g.restore_stream();
+            throw;
+        }
+        wait_for(side, *g.previous);
+        g.restore_stream();
+    });
+}
+
+// Queues one replay of a captured graph on the current stream. 0, or -1 with diffuse_graph_error().
+int diffuse_graph_replay(void *graph) {
+    return guarded([&] { static_cast<Graph *>(graph)->replay(); });
+}
+
+#else  // no CUDA: nothing is available, and a graph can never be made
+
+int diffuse_graph_available() { return 0; }
+void *diffuse_graph_new() { return nullptr; }
+void diffuse_graph_free(void *) {}
+int diffuse_graph_begin(void *, int) { return guarded([] { throw std::runtime_error("this build has no CUDA graphs"); }); }
+int diffuse_graph_end(void *) { return diffuse_graph_begin(nullptr, 0); }
+int diffuse_graph_replay(void *) { return diffuse_graph_begin(nullptr, 0); }
+
+#endif
+}
