@@ -6,7 +6,7 @@
 //! - `csrc/libtorch_shim.cpp` (autocast and channels-last, which tch does not expose) and `csrc/bn_gelu.cpp` (the fused
 //!   BatchNorm + GELU op) are compiled against the same libtorch headers, with OpenMP when libtorch ships its
 //!   libgomp, so that ATen's parallel_for in them runs on libtorch's own thread pool.
-//! - `csrc/cuda_graph.cpp` (CUDA graphs) is compiled with the CUDA runtime headers where libtorch has CUDA, into its
+//! - `csrc/cuda.cpp` (CUDA graphs) is compiled with the CUDA runtime headers where libtorch has CUDA, into its
 //!   own library whose references to libtorch's CUDA libraries are then made weak (`objcopy --weaken`): the binary
 //!   still starts where those libraries are absent (the CPU release bundle drops `libtorch_cuda.so`, see
 //!   scripts/package.sh), and graphs are only ever used on a CUDA device, which needs them loaded.
@@ -20,7 +20,7 @@ fn main() {
         "bn_gelu.cpp",
         "bn_gelu_kernels.cpp",
         "bn_gelu_kernels.h",
-        "cuda_graph.cpp",
+        "cuda.cpp",
     ] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
@@ -63,7 +63,7 @@ fn main() {
     }
     // Before the kernel libraries, which it references (static libraries resolve left to right).
     shim.compile("diffuse_shim");
-    compile_cuda_graphs(cuda, &lib_dir, &include);
+    compile_cuda(cuda, &lib_dir, &include);
 
     let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
     let isas: &[(&str, &[&str])] = if x86_64 {
@@ -121,9 +121,9 @@ fn cuda_headers(lib_dir: &std::path::Path) -> Option<PathBuf> {
     .find(|dir| dir.join("cuda_runtime.h").exists() && dir.join("crt/host_config.h").exists())
 }
 
-/// `csrc/cuda_graph.cpp` as the static library `diffuse_cuda_graph`: with CUDA where libtorch has it and its references
+/// `csrc/cuda.cpp` as the static library `diffuse_cuda`: with CUDA where libtorch has it and its references
 /// can be made weak, else the build without (every call reports that graphs are not available).
-fn compile_cuda_graphs(cuda: bool, lib_dir: &std::path::Path, include: &std::path::Path) {
+fn compile_cuda(cuda: bool, lib_dir: &std::path::Path, include: &std::path::Path) {
     let build = |headers: Option<&std::path::Path>| {
         let mut build = cc::Build::new();
         build
@@ -133,13 +133,13 @@ fn compile_cuda_graphs(cuda: bool, lib_dir: &std::path::Path, include: &std::pat
             .include(include)
             .flag("-std=c++17")
             .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-            .file("csrc/cuda_graph.cpp");
+            .file("csrc/cuda.cpp");
         if let Some(headers) = headers {
             build.include(headers).define("DIFFUSE_CUDA", None);
         }
-        build.compile("diffuse_cuda_graph");
+        build.compile("diffuse_cuda");
     };
-    println!("cargo:rustc-check-cfg=cfg(diffuse_cuda_graphs)");
+    println!("cargo:rustc-check-cfg=cfg(diffuse_cuda)");
     let Some(headers) = cuda.then(|| cuda_headers(lib_dir)).flatten() else {
         if cuda {
             println!(
@@ -153,11 +153,11 @@ fn compile_cuda_graphs(cuda: bool, lib_dir: &std::path::Path, include: &std::pat
     let objcopy = std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into());
     let weakened = std::process::Command::new(&objcopy)
         .arg("--weaken")
-        .arg(out_dir.join("libdiffuse_cuda_graph.a"))
+        .arg(out_dir.join("libdiffuse_cuda.a"))
         .status()
         .is_ok_and(|status| status.success());
     if weakened {
-        println!("cargo:rustc-cfg=diffuse_cuda_graphs");
+        println!("cargo:rustc-cfg=diffuse_cuda");
     } else {
         println!("cargo:warning={objcopy} --weaken failed (binutils missing?): built without CUDA graphs");
         build(None);

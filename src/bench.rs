@@ -109,7 +109,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
         precision: config.precision,
         layout: config.layout,
         threads: crate::runtime::device::threads(),
-        device: match crate::runtime::cuda_graph::applies(device) {
+        device: match crate::runtime::cuda::applies(device) {
             true => format!("{} with CUDA graphs", crate::runtime::device::describe(device)),
             false => crate::runtime::device::describe(device),
         },

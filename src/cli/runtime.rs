@@ -8,7 +8,7 @@ use clap::Args;
 use tch::Device;
 
 use diffuse::run::{self, shipped, Loaded};
-use diffuse::runtime::cuda_graph::{self, Graphs};
+use diffuse::runtime::cuda::{self, Graphs};
 use diffuse::runtime::device::{self, DeviceChoice};
 use diffuse::runtime::layout::Layout;
 use diffuse::runtime::precision::Precision;
@@ -33,7 +33,7 @@ impl DeviceArgs {
     /// Applies the thread count and resolves the device.
     pub fn resolve(&self) -> anyhow::Result<Device> {
         device::set_threads(self.threads);
-        cuda_graph::set(self.cuda_graphs);
+        cuda::set(self.cuda_graphs);
         Ok(self.device.resolve()?)
     }
 }

@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::model::Model;
 use crate::run::{Objective, TrainConfig};
-use crate::runtime::cuda_graph;
+use crate::runtime::cuda;
 use crate::runtime::device::upload;
 use crate::runtime::precision::{autocast, Precision};
 use crate::runtime::rng::RunRng;
@@ -204,7 +204,7 @@ pub fn generate_until(
         (Request::Unconditional(_), false) => None,
     };
     let n = request.len() as i64;
-    let graphed = cuda_graph::applies(device).then(|| Graphed::new(model));
+    let graphed = cuda::applies(device).then(|| Graphed::new(model));
     let network: &dyn Denoiser = match &graphed {
         Some(graphed) => graphed,
         None => model,

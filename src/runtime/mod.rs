@@ -3,7 +3,7 @@
 
 pub mod bn_gelu;
 pub mod conv_gelu;
-pub mod cuda_graph;
+pub mod cuda;
 pub mod device;
 pub mod layout;
 pub mod precision;

@@ -13,7 +13,7 @@ use tch::{Device, Tensor};
 
 use super::{time_vector, Denoiser};
 use crate::model::Model;
-use crate::runtime::cuda_graph::{CudaGraph, GraphError};
+use crate::runtime::cuda::{CudaError, CudaGraph};
 
 pub struct Graphed<'a> {
     model: &'a Model,
@@ -52,7 +52,7 @@ impl<'a> Graphed<'a> {
         }
     }
 
-    fn capture(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Result<Captured, GraphError> {
+    fn capture(&self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Result<Captured, CudaError> {
         let (x, class) = (x.copy(), class.map(Tensor::copy));
         let t = time_vector(x.size()[0], t, x.device());
         let (graph, out) = CudaGraph::capture(self.model.device(), || {
@@ -70,7 +70,7 @@ impl<'a> Graphed<'a> {
 }
 
 impl Captured {
-    fn replay(&mut self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Result<Tensor, GraphError> {
+    fn replay(&mut self, x: &Tensor, t: f64, class: Option<&Tensor>) -> Result<Tensor, CudaError> {
         self.x.copy_(x);
         let _ = self.t.fill_(t);
         if let (Some(to), Some(from)) = (&mut self.class, class) {

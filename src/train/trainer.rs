@@ -4,6 +4,7 @@
 //! and the loss history. All of it goes into each epoch's checkpoint, so [`Trainer::resume`] continues as if the
 //! run had never stopped: with the same seed and thread count on CPU, the weights after epoch N are the same bytes.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::run::config::InvalidConfig;
 use crate::run::{
     CheckpointError, CheckpointState, RunDir, RunError, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
 };
-use crate::runtime::cuda_graph::{self, CudaGraph, GraphError};
+use crate::runtime::cuda::{self, CudaError, CudaGraph, Event};
 use crate::runtime::device::upload;
 use crate::runtime::precision::{autocast, Precision};
 use crate::runtime::rng::RunRng;
@@ -28,7 +29,7 @@ use super::ema::Ema;
 use super::objective::{Prepared, TrainingBatch};
 use super::optim::Adam;
 
-/// On CUDA, losses are read back to the host every this many steps.
+/// On CUDA, losses are sent back to the host in groups of this many steps.
 const CUDA_LOSS_READ_EVERY: usize = 32;
 /// With `--cuda-graphs on`, full-size steps run eagerly this many times in each process before the step is
 /// captured: they fill cuDNN's algorithm cache and create the gradients, which capture cannot do.
@@ -40,6 +41,8 @@ pub enum TrainError {
     Run(#[from] RunError),
     #[error("cannot read the losses back from the device: {0}")]
     ReadBack(#[from] tch::TchError),
+    #[error("cannot read the losses back from the device: {0}")]
+    Cuda(#[from] CudaError),
     #[error(transparent)]
     Tensors(#[from] TensorFileError),
     #[error("cannot draw figures: {0}")]
@@ -138,6 +141,50 @@ struct GraphedStep {
     lr: f64,
     batch: TrainingBatch,
     loss: Tensor,
+}
+
+/// Losses of consecutive steps on their way to the host. From CUDA they are copied into pinned host memory without
+/// waiting, and readable once `copied` is done; on CPU they are there at once.
+struct LossesInFlight {
+    /// [steps] float, on the host.
+    values: Tensor,
+    copied: Option<Event>,
+    /// Images of each step.
+    images: Vec<usize>,
+    /// The 1-based step in the epoch of the last loss.
+    last_step: usize,
+}
+
+impl LossesInFlight {
+    /// Sends the `pending` losses (drained) on their way; `last_step` is the step of the last one.
+    fn send(pending: &mut Vec<(Tensor, usize)>, last_step: usize, device: Device) -> Result<Self, CudaError> {
+        let losses: Vec<Tensor> = pending.iter().map(|(loss, _)| loss.shallow_clone()).collect();
+        let stacked = Tensor::stack(&losses, 0);
+        let (values, copied) = match device {
+            // non_blocking to the host: libtorch allocates the destination pinned and only queues the copy.
+            Device::Cuda(_) => (
+                stacked.to_device_(Device::Cpu, Kind::Float, true, false),
+                Some(Event::record(device)?),
+            ),
+            _ => (stacked, None),
+        };
+        Ok(Self {
+            values,
+            copied,
+            images: pending.drain(..).map(|(_, images)| images).collect(),
+            last_step,
+        })
+    }
+
+    /// Whether the values are on the host yet (never waits).
+    fn arrived(&self) -> Result<bool, CudaError> {
+        self.copied.as_ref().map_or(Ok(true), Event::is_done)
+    }
+
+    /// Waits until the values are on the host.
+    fn wait(&self) -> Result<(), CudaError> {
+        self.copied.as_ref().map_or(Ok(()), Event::wait)
+    }
 }
 
 /// The device work of one optimizer step: gradients zeroed, forward (under autocast), loss, backward, the Adam
@@ -275,18 +322,31 @@ impl Trainer {
         let started = Instant::now();
         let first_loss = self.losses.len();
         let order = self.rng.permutation(n);
-        // Reading a loss back waits for the device; on CUDA the values are read in groups so the host can queue
-        // work ahead. Each is still checked before the epoch's checkpoint is written.
+        // On CUDA the losses go back in groups, each read once it has arrived, so the host never waits for the
+        // device inside the epoch and keeps work queued ahead. Each is still checked before the epoch's checkpoint
+        // is written. On CPU every loss is read at once.
         let read_every = if device.is_cuda() { CUDA_LOSS_READ_EVERY } else { 1 };
         let mut pending: Vec<(Tensor, usize)> = Vec::with_capacity(read_every);
+        let mut in_flight = VecDeque::new();
         for (step, chunk) in order.chunks(batch_size).enumerate() {
             let index = upload(Tensor::from_slice(chunk), device);
             let x0 = data.images.index_select(0, &index);
             let labels = data.labels.index_select(0, &index);
             pending.push((self.train_step(&x0, &labels, lr), chunk.len()));
             if pending.len() == read_every || step + 1 == steps {
-                self.record_losses(&mut pending, step + 1, progress)?;
+                in_flight.push_back(LossesInFlight::send(&mut pending, step + 1, device)?);
+                while let Some(group) = in_flight.pop_front() {
+                    if !group.arrived()? {
+                        in_flight.push_front(group);
+                        break;
+                    }
+                    self.record_losses(group, progress)?;
+                }
             }
+        }
+        for group in in_flight {
+            group.wait()?;
+            self.record_losses(group, progress)?;
         }
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
@@ -306,7 +366,7 @@ impl Trainer {
         let graphed = if full
             && !self.graphs_failed
             && self.eager_full_steps >= EAGER_STEPS_BEFORE_CAPTURE
-            && cuda_graph::applies(self.device())
+            && cuda::applies(self.device())
         {
             self.graphed_step(&batch, lr).map(Some).unwrap_or_else(|e| {
                 // Nothing of the step ran (a capture only records; a replay that fails launches nothing).
@@ -333,7 +393,7 @@ impl Trainer {
 
     /// [`step_work`] through a CUDA graph: the batch is copied into the graph's inputs and the graph replayed,
     /// capturing it first when there is none yet for this learning rate. The same kernels as an eager step.
-    fn graphed_step(&mut self, batch: &TrainingBatch, lr: f64) -> Result<Tensor, GraphError> {
+    fn graphed_step(&mut self, batch: &TrainingBatch, lr: f64) -> Result<Tensor, CudaError> {
         match &mut self.graphed {
             Some(graphed) if graphed.lr == lr => graphed.batch.copy_from(batch),
             _ => {
@@ -358,19 +418,13 @@ impl Trainer {
         Ok(graphed.loss.copy())
     }
 
-    /// Reads the pending losses back (one wait for the device), appends them to the history and reports them.
-    /// A NaN or infinite loss stops training with an error naming its step; nothing of this epoch is saved, so
-    /// the last good checkpoint stays the newest. `done` is the 1-based step in the epoch of the last pending loss.
-    fn record_losses(
-        &mut self,
-        pending: &mut Vec<(Tensor, usize)>,
-        done: usize,
-        progress: &mut dyn Hooks,
-    ) -> Result<(), TrainError> {
-        let losses: Vec<Tensor> = pending.iter().map(|(l, _)| l.shallow_clone()).collect();
-        let values: Vec<f32> = Vec::try_from(Tensor::stack(&losses, 0).to_device(Device::Cpu))?;
-        let first_step = done + 1 - pending.len();
-        for (i, ((_, images), mut value)) in pending.drain(..).zip(values).enumerate() {
+    /// Appends a group of losses that has arrived on the host to the history and reports them. A NaN or infinite
+    /// loss stops training with an error naming its step; nothing of this epoch is saved, so the last good
+    /// checkpoint stays the newest.
+    fn record_losses(&mut self, group: LossesInFlight, progress: &mut dyn Hooks) -> Result<(), TrainError> {
+        let values: Vec<f32> = Vec::try_from(&group.values)?;
+        let first_step = group.last_step + 1 - group.images.len();
+        for (i, (images, mut value)) in group.images.into_iter().zip(values).enumerate() {
             let global_step = self.losses.len() as i64 + 1;
             if self.faults.nan_at_step == Some(global_step) {
                 value = f32::NAN;

@@ -1,4 +1,4 @@
-//! CUDA graphs (`--cuda-graphs on`), through the shim (`csrc/cuda_graph.cpp`): the kernels of a whole training step,
+//! CUDA graphs (`--cuda-graphs on`), through the shim (`csrc/cuda.cpp`): the kernels of a whole training step,
 //! or of one network evaluation while sampling, are captured once and then replayed with a single launch, instead
 //! of the host launching several hundred small kernels one by one.
 //!
@@ -22,6 +22,10 @@ extern "C" {
     fn diffuse_graph_end(graph: *mut c_void) -> i32;
     fn diffuse_graph_replay(graph: *mut c_void) -> i32;
     fn diffuse_graph_error() -> *const c_char;
+    fn diffuse_event_record(device: i32) -> *mut c_void;
+    fn diffuse_event_query(event: *mut c_void) -> i32;
+    fn diffuse_event_wait(event: *mut c_void) -> i32;
+    fn diffuse_event_free(event: *mut c_void);
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -52,21 +56,28 @@ pub fn applies(device: Device) -> bool {
 }
 
 #[derive(Debug, Error)]
-#[error("CUDA graph {what} failed: {message}")]
-pub struct GraphError {
+#[error("CUDA {what} failed: {message}")]
+pub struct CudaError {
     what: &'static str,
     message: String,
 }
 
-fn check(status: i32, what: &'static str) -> Result<(), GraphError> {
-    if status == 0 {
-        return Ok(());
+fn check(status: i32, what: &'static str) -> Result<(), CudaError> {
+    match status {
+        0 => Ok(()),
+        _ => Err(CudaError {
+            what,
+            message: error_text(),
+        }),
     }
+}
+
+/// The shim's description of its last failure on this thread.
+fn error_text() -> String {
     // SAFETY: the shim's error is a NUL-terminated thread-local string, valid until its next failing call.
-    let message = unsafe { CStr::from_ptr(diffuse_graph_error()) }
+    unsafe { CStr::from_ptr(diffuse_graph_error()) }
         .to_string_lossy()
-        .into_owned();
-    Err(GraphError { what, message })
+        .into_owned()
 }
 
 /// The text of a panic's payload.
@@ -90,31 +101,34 @@ impl CudaGraph {
     /// Captures the work `body` queues on `device` (a CUDA device) from this thread. Nothing of it runs now: replay
     /// the graph to run it. The tensors `body` returns live in the graph's memory and hold its results after
     /// each replay.
-    pub fn capture<T>(device: Device, body: impl FnOnce() -> T) -> Result<(Self, T), GraphError> {
+    pub fn capture<T>(device: Device, body: impl FnOnce() -> T) -> Result<(Self, T), CudaError> {
         let Device::Cuda(index) = device else {
-            return Err(GraphError {
-                what: "capture",
+            return Err(CudaError {
+                what: "graph capture",
                 message: format!("{device:?} is not a CUDA device"),
             });
         };
         // SAFETY: no arguments; a null handle means graphs are not available in this build.
         let handle = unsafe { diffuse_graph_new() };
         if handle.is_null() {
-            return Err(GraphError {
-                what: "capture",
+            return Err(CudaError {
+                what: "graph capture",
                 message: "this build of diffuse has no CUDA graphs".into(),
             });
         }
         let graph = Self { handle };
         // SAFETY: a live handle from diffuse_graph_new.
-        check(unsafe { diffuse_graph_begin(graph.handle, index as i32) }, "capture")?;
+        check(
+            unsafe { diffuse_graph_begin(graph.handle, index as i32) },
+            "graph capture",
+        )?;
         // A libtorch error inside the capture (tch panics on one) ends the capture and comes back as an error, so
         // the caller can go on without a graph.
         let out = catch_unwind(AssertUnwindSafe(body));
         // SAFETY: the live handle, in capture since diffuse_graph_begin; ending restores the thread's stream.
-        let ended = check(unsafe { diffuse_graph_end(graph.handle) }, "capture");
-        let out = out.map_err(|payload| GraphError {
-            what: "capture",
+        let ended = check(unsafe { diffuse_graph_end(graph.handle) }, "graph capture");
+        let out = out.map_err(|payload| CudaError {
+            what: "graph capture",
             message: panic_message(payload.as_ref()),
         })?;
         ended?;
@@ -122,9 +136,9 @@ impl CudaGraph {
     }
 
     /// Queues one run of the captured work on the current stream.
-    pub fn replay(&self) -> Result<(), GraphError> {
+    pub fn replay(&self) -> Result<(), CudaError> {
         // SAFETY: a live handle whose capture ended successfully (only `capture` makes a CudaGraph).
-        check(unsafe { diffuse_graph_replay(self.handle) }, "replay")
+        check(unsafe { diffuse_graph_replay(self.handle) }, "graph replay")
     }
 }
 
@@ -135,20 +149,70 @@ impl Drop for CudaGraph {
     }
 }
 
+/// A mark in a CUDA device's queue of work: done once everything queued before it is. Lets the host read results
+/// back when they are there, instead of waiting for the whole queue.
+pub struct Event {
+    handle: *mut c_void,
+}
+
+// SAFETY: a CUDA event may be queried, waited on and freed from any thread; the handle is owned by this value alone.
+unsafe impl Send for Event {}
+
+impl Event {
+    /// Marks the current end of `device`'s queue (a CUDA device).
+    pub fn record(device: Device) -> Result<Self, CudaError> {
+        let failed = |message: String| CudaError { what: "event", message };
+        let Device::Cuda(index) = device else {
+            return Err(failed(format!("{device:?} is not a CUDA device")));
+        };
+        // SAFETY: a plain call; null means failure (or no CUDA in this build), described by the shim's error.
+        let handle = unsafe { diffuse_event_record(index as i32) };
+        if handle.is_null() {
+            return Err(failed(error_text()));
+        }
+        Ok(Self { handle })
+    }
+
+    /// Whether the work queued before the mark is done; never waits.
+    pub fn is_done(&self) -> Result<bool, CudaError> {
+        // SAFETY: a live handle from diffuse_event_record.
+        match unsafe { diffuse_event_query(self.handle) } {
+            -1 => check(-1, "event").map(|()| false),
+            status => Ok(status == 1),
+        }
+    }
+
+    /// Waits until the work queued before the mark is done.
+    pub fn wait(&self) -> Result<(), CudaError> {
+        // SAFETY: a live handle from diffuse_event_record.
+        check(unsafe { diffuse_event_wait(self.handle) }, "event")
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: the handle is owned by this value and freed once.
+        unsafe { diffuse_event_free(self.handle) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// build.rs makes the shim's references to libtorch_cuda weak (and says so with the `diffuse_cuda_graphs` cfg);
+    /// build.rs makes the shim's references to libtorch_cuda weak (and says so with the `diffuse_cuda` cfg);
     /// this checks the shim still finds them wherever that library is loaded (here: linked by build.rs whenever the
     /// libtorch in use ships it).
     #[test]
     fn available_exactly_where_built_with_them_and_libtorch_cuda_is_loaded() {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-        assert_eq!(
-            available(),
-            cfg!(diffuse_cuda_graphs) && maps.contains("libtorch_cuda.so")
-        );
+        assert_eq!(available(), cfg!(diffuse_cuda) && maps.contains("libtorch_cuda.so"));
+    }
+
+    #[test]
+    fn no_event_off_cuda() {
+        let err = Event::record(Device::Cpu).err().expect("a CPU event is refused");
+        assert!(err.to_string().contains("not a CUDA device"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-// CUDA graphs, which tch 0.24 does not expose (tch-rs issue 631), called from src/runtime/cuda_graph.rs: a graph is
+// What the shim adds for CUDA, called from src/runtime/cuda.rs: CUDA graphs and events, neither of which tch 0.24
+// exposes (tch-rs issue 631).
+//
+// Graphs: a graph is
 // captured from the ops issued on the calling thread between diffuse_graph_begin and diffuse_graph_end (backward
 // passes included: autograd runs them on the streams their forward ops ran on), then replayed with one launch.
 //
@@ -6,8 +9,11 @@
 // already queued; the graph allocates from its own memory pool, so the tensors made during capture keep their
 // addresses on every replay. Replay runs on the current stream.
 //
+// Events: recorded on the current stream, they tell the host when the work queued before them is done, without
+// waiting for it (the training loop reads its losses back that way).
+//
 // Built against libtorch's CUDA headers where the libtorch in use ships CUDA (DIFFUSE_CUDA); elsewhere every call
-// reports that graphs are not available. build.rs makes this file's references to libtorch_cuda and libc10_cuda weak,
+// reports that CUDA is not available. build.rs makes this file's references to libtorch_cuda and libc10_cuda weak,
 // so diffuse_graph_available also asks the dynamic linker whether those libraries are loaded.
 #include <ATen/ATen.h>
 #include <dlfcn.h>
@@ -21,6 +27,7 @@
 
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -171,7 +178,33 @@ int diffuse_graph_replay(void *graph) {
     return guarded([&] { static_cast<Graph *>(graph)->replay(); });
 }
 
-#else  // no CUDA: nothing is available, and a graph can never be made
+// A new event recorded on `device`'s current stream (nullptr, with diffuse_graph_error(), on a failure).
+void *diffuse_event_record(int device) {
+    try {
+        auto event = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+        event->record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+        return event.release();
+    } catch (const std::exception &e) {
+        graph_error = e.what();
+        return nullptr;
+    }
+}
+
+// 1 when the work queued before the event is done, 0 while it is not, -1 on an error. Never waits.
+int diffuse_event_query(void *event) {
+    int done = 0;
+    const int status = guarded([&] { done = static_cast<c10::Event *>(event)->query() ? 1 : 0; });
+    return status == 0 ? done : -1;
+}
+
+// Waits until the work queued before the event is done. 0, or -1 with diffuse_graph_error().
+int diffuse_event_wait(void *event) {
+    return guarded([&] { static_cast<c10::Event *>(event)->synchronize(); });
+}
+
+void diffuse_event_free(void *event) { delete static_cast<c10::Event *>(event); }
+
+#else  // no CUDA: nothing is available, and neither a graph nor an event can be made
 
 int diffuse_graph_available() { return 0; }
 void *diffuse_graph_new() { return nullptr; }
@@ -179,6 +212,10 @@ void diffuse_graph_free(void *) {}
 int diffuse_graph_begin(void *, int) { return guarded([] { throw std::runtime_error("this build has no CUDA graphs"); }); }
 int diffuse_graph_end(void *) { return diffuse_graph_begin(nullptr, 0); }
 int diffuse_graph_replay(void *) { return diffuse_graph_begin(nullptr, 0); }
+void *diffuse_event_record(int) { return nullptr; }
+int diffuse_event_query(void *) { return -1; }
+int diffuse_event_wait(void *) { return -1; }
+void diffuse_event_free(void *) {}
 
 #endif
 }
