@@ -51,9 +51,9 @@ PY
 }
 
 graphs() {
-  log "graphs: 2 epochs of cfg (D=64, batch 128, 4096 images), eager against graphed, same seed"
+  log "graphs: 2 epochs of cfg (D=64, batch 128, 10000 images: 78 full steps and a short one), eager against graphed"
   for graphs in off on; do
-    "$BIN" train cfg --subset 4096 --epochs 2 --no-figures --device cuda --cuda-graphs "$graphs" -v \
+    "$BIN" train cfg --subset 10000 --epochs 2 --no-figures --device cuda --cuda-graphs "$graphs" -v \
       --out "$W/graphs-$graphs" 2>&1 | grep -E "captured|error|panic|warn|epoch 2" | tail -n 5
   done
   compare_losses "$W/graphs-off" "$W/graphs-on" "GRAPH PARITY"
@@ -69,7 +69,7 @@ graphs() {
 
 resume() {
   log "resume: graphs' 2-epoch run with its epoch-2 checkpoint removed, resumed on CUDA, against the run as it was"
-  [ -d "$W/graphs-on" ] || "$BIN" train cfg --subset 4096 --epochs 2 --no-figures --device cuda --cuda-graphs on \
+  [ -d "$W/graphs-on" ] || "$BIN" train cfg --subset 10000 --epochs 2 --no-figures --device cuda --cuda-graphs on \
     --out "$W/graphs-on" 2>&1 | tail -n 1
   rm -rf "$W/resumed" && cp -r "$W/graphs-on" "$W/resumed" && rm -rf "$W/resumed/checkpoints/epoch-002"
   "$BIN" train cfg --resume "$W/resumed" --no-figures --device cuda --cuda-graphs on 2>&1 | tail -n 1

@@ -16,11 +16,14 @@
 // reports that CUDA is not available. build.rs makes this file's references to libtorch_cuda and libc10_cuda weak,
 // so diffuse_graph_available also asks the dynamic linker whether those libraries are loaded.
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <dlfcn.h>
 
 #ifdef DIFFUSE_CUDA
+#include <ATen/core/CachingHostAllocator.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
-#include <c10/core/Event.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -42,20 +45,37 @@ thread_local std::string graph_error;
 // allocator (capture_end throws before it stops allocating to the graph's pool, and reset() only releases the pool
 // of a capture that ended).
 struct Graph : at::cuda::CUDAGraph {
+    // The calling thread's stream and device before the capture.
     std::optional<c10::cuda::CUDAStream> previous;
+    c10::DeviceIndex previous_device = 0;
 
     void abandon_capture() noexcept {
         if (capture_dev_ == UNDEFINED_DEVICE) {  // capture_begin failed before it touched the allocator
             return;
         }
+        // What capture_begin set up and a successful capture_end would undo: the device and pinned host allocators
+        // allocating to the graph's pool, and the generators marked as capturing. Each step may already be undone
+        // (or never done), so failures are ignored.
+        at::HostAllocator *host = at::getHostAllocator(at::kCUDA);
         try {
             c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
-        } catch (...) {  // not allocating to the pool (the failure came before or after)
+        } catch (...) {
+        }
+        try {
+            host->end_allocate_to_pool(mempool_id_);
+        } catch (...) {
         }
         if (!capture_ended_) {
             try {
                 c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
             } catch (...) {
+            }
+            try {
+                host->release_pool(mempool_id_);
+            } catch (...) {
+            }
+            for (auto &state : captured_generator_states_) {
+                state.first->capturing_ = false;
             }
         }
     }
@@ -64,6 +84,7 @@ struct Graph : at::cuda::CUDAGraph {
         if (previous) {
             c10::cuda::setCurrentCUDAStream(*previous);
             previous.reset();
+            c10::cuda::set_device(previous_device);
         }
     }
 };
@@ -106,6 +127,35 @@ extern "C" {
 
 const char *diffuse_graph_error() { return graph_error.c_str(); }
 
+// A new event recorded on `device`'s current stream (nullptr, with diffuse_graph_error(), on a failure).
+void *diffuse_event_record(int device) {
+    try {
+        // Through c10's device-generic interface, which CUDA registers when libtorch_cuda is loaded: this needs no
+        // CUDA headers, so events work in every build (without CUDA it throws "not linked with support for cuda").
+        const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+        auto event = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+        event->record(cuda.getStream(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device))));
+        return event.release();
+    } catch (const std::exception &e) {
+        graph_error = e.what();
+        return nullptr;
+    }
+}
+
+// 1 when the work queued before the event is done, 0 while it is not, -1 on an error. Never waits.
+int diffuse_event_query(void *event) {
+    int done = 0;
+    const int status = guarded([&] { done = static_cast<c10::Event *>(event)->query() ? 1 : 0; });
+    return status == 0 ? done : -1;
+}
+
+// Waits until the work queued before the event is done. 0, or -1 with diffuse_graph_error().
+int diffuse_event_wait(void *event) {
+    return guarded([&] { static_cast<c10::Event *>(event)->synchronize(); });
+}
+
+void diffuse_event_free(void *event) { delete static_cast<c10::Event *>(event); }
+
 #ifdef DIFFUSE_CUDA
 
 // 1 when this process can capture CUDA graphs: built with CUDA, and libtorch's CUDA libraries are loaded.
@@ -135,6 +185,7 @@ int diffuse_graph_begin(void *graph, int device) {
         const auto index = static_cast<c10::DeviceIndex>(device);
         // As torch.cuda.graph does: nothing queued before (a replay of the graph this one replaces, whose memory
         // has just been handed back) is still running when capture starts. Once a capture, not once a step.
+        g.previous_device = c10::cuda::current_device();
         c10::cuda::set_device(index);
         c10::cuda::device_synchronize();
         const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(index);
@@ -168,8 +219,9 @@ int diffuse_graph_end(void *graph) {
             g.restore_stream();
             throw;
         }
-        wait_for(side, *g.previous);
+        const c10::cuda::CUDAStream previous = *g.previous;
         g.restore_stream();
+        wait_for(side, previous);
     });
 }
 
@@ -178,33 +230,8 @@ int diffuse_graph_replay(void *graph) {
     return guarded([&] { static_cast<Graph *>(graph)->replay(); });
 }
 
-// A new event recorded on `device`'s current stream (nullptr, with diffuse_graph_error(), on a failure).
-void *diffuse_event_record(int device) {
-    try {
-        auto event = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
-        event->record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
-        return event.release();
-    } catch (const std::exception &e) {
-        graph_error = e.what();
-        return nullptr;
-    }
-}
 
-// 1 when the work queued before the event is done, 0 while it is not, -1 on an error. Never waits.
-int diffuse_event_query(void *event) {
-    int done = 0;
-    const int status = guarded([&] { done = static_cast<c10::Event *>(event)->query() ? 1 : 0; });
-    return status == 0 ? done : -1;
-}
-
-// Waits until the work queued before the event is done. 0, or -1 with diffuse_graph_error().
-int diffuse_event_wait(void *event) {
-    return guarded([&] { static_cast<c10::Event *>(event)->synchronize(); });
-}
-
-void diffuse_event_free(void *event) { delete static_cast<c10::Event *>(event); }
-
-#else  // no CUDA: nothing is available, and neither a graph nor an event can be made
+#else  // no CUDA headers: no graph can be made
 
 int diffuse_graph_available() { return 0; }
 void *diffuse_graph_new() { return nullptr; }
@@ -212,10 +239,6 @@ void diffuse_graph_free(void *) {}
 int diffuse_graph_begin(void *, int) { return guarded([] { throw std::runtime_error("this build has no CUDA graphs"); }); }
 int diffuse_graph_end(void *) { return diffuse_graph_begin(nullptr, 0); }
 int diffuse_graph_replay(void *) { return diffuse_graph_begin(nullptr, 0); }
-void *diffuse_event_record(int) { return nullptr; }
-int diffuse_event_query(void *) { return -1; }
-int diffuse_event_wait(void *) { return -1; }
-void diffuse_event_free(void *) {}
 
 #endif
 }

@@ -157,23 +157,31 @@ struct LossesInFlight {
 
 impl LossesInFlight {
     /// Sends the `pending` losses (drained) on their way; `last_step` is the step of the last one.
-    fn send(pending: &mut Vec<(Tensor, usize)>, last_step: usize, device: Device) -> Result<Self, CudaError> {
+    fn send(pending: &mut Vec<(Tensor, usize)>, last_step: usize, device: Device) -> Self {
         let losses: Vec<Tensor> = pending.iter().map(|(loss, _)| loss.shallow_clone()).collect();
         let stacked = Tensor::stack(&losses, 0);
         let (values, copied) = match device {
             // non_blocking to the host: libtorch allocates the destination pinned and only queues the copy.
-            Device::Cuda(_) => (
-                stacked.to_device_(Device::Cpu, Kind::Float, true, false),
-                Some(Event::record(device)?),
-            ),
+            Device::Cuda(index) => {
+                let values = stacked.to_device_(Device::Cpu, Kind::Float, true, false);
+                match Event::record(device) {
+                    Ok(event) => (values, Some(event)),
+                    Err(e) => {
+                        // No mark to wait for: wait for the whole queue, as a blocking copy would.
+                        tracing::debug!("{e}; reading the losses back with a wait");
+                        tch::Cuda::synchronize(index as i64);
+                        (values, None)
+                    }
+                }
+            }
             _ => (stacked, None),
         };
-        Ok(Self {
+        Self {
             values,
             copied,
             images: pending.drain(..).map(|(_, images)| images).collect(),
             last_step,
-        })
+        }
     }
 
     /// Whether the values are on the host yet (never waits).
@@ -334,7 +342,7 @@ impl Trainer {
             let labels = data.labels.index_select(0, &index);
             pending.push((self.train_step(&x0, &labels, lr), chunk.len()));
             if pending.len() == read_every || step + 1 == steps {
-                in_flight.push_back(LossesInFlight::send(&mut pending, step + 1, device)?);
+                in_flight.push_back(LossesInFlight::send(&mut pending, step + 1, device));
                 while let Some(group) = in_flight.pop_front() {
                     if !group.arrived()? {
                         in_flight.push_front(group);
