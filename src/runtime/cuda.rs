@@ -5,6 +5,9 @@
 //! A graph reads its inputs from, and writes its outputs to, the same memory on every replay, so its callers keep
 //! static input tensors (copied into before each replay) and read its outputs before the next replay. Everything
 //! else a step needs from the host (the learning rate) is fixed when the graph is captured.
+//!
+//! Also CUDA events ([`Event`]), which tell the host that queued work is done without waiting for it: the training
+//! loop reads its losses back with them.
 
 use std::any::Any;
 use std::ffi::{c_char, c_void, CStr};
