@@ -40,6 +40,35 @@ namespace {
 
 thread_local std::string graph_error;
 
+// Runs `body` and returns its result, or `failed` with the exception's text kept for diffuse_graph_error().
+template <typename T, typename F>
+T guarded_or(T failed, F body) {
+    try {
+        return body();
+    } catch (const std::exception &e) {
+        graph_error = e.what();
+        return failed;
+    }
+}
+
+// 0 when `body` ran, -1 when it threw.
+template <typename F>
+int guarded(F body) {
+    return guarded_or(-1, [&] {
+        body();
+        return 0;
+    });
+}
+
+// Runs `body`, ignoring a failure: for undoing steps that may already be undone, or were never done.
+template <typename F>
+void ignoring_failure(F body) noexcept {
+    try {
+        body();
+    } catch (...) {
+    }
+}
+
 #ifdef DIFFUSE_CUDA
 // A CUDAGraph that can clean up after a failed capture, which CUDAGraph itself leaves registered with the caching
 // allocator (capture_end throws before it stops allocating to the graph's pool, and reset() only releases the pool
@@ -57,26 +86,27 @@ struct Graph : at::cuda::CUDAGraph {
         // allocating to the graph's pool, and the generators marked as capturing. Each step may already be undone
         // (or never done), so failures are ignored.
         at::HostAllocator *host = at::getHostAllocator(at::kCUDA);
-        try {
-            c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
-        } catch (...) {
-        }
-        try {
-            host->end_allocate_to_pool(mempool_id_);
-        } catch (...) {
-        }
+        ignoring_failure([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_); });
+        ignoring_failure([&] { host->end_allocate_to_pool(mempool_id_); });
         if (!capture_ended_) {
-            try {
-                c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
-            } catch (...) {
-            }
-            try {
-                host->release_pool(mempool_id_);
-            } catch (...) {
-            }
+            ignoring_failure([&] { c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_); });
+            ignoring_failure([&] { host->release_pool(mempool_id_); });
             for (auto &state : captured_generator_states_) {
                 state.first->capturing_ = false;
             }
+        }
+    }
+
+    // Runs `step` (capture_begin or capture_end); should it throw, undoes the capture and restores the thread's
+    // stream and device before passing the exception on.
+    template <typename F>
+    void or_abandon(F step) {
+        try {
+            step();
+        } catch (...) {
+            abandon_capture();
+            restore_stream();
+            throw;
         }
     }
 
@@ -110,17 +140,6 @@ void wait_for(const c10::cuda::CUDAStream &first, const c10::cuda::CUDAStream &w
 }
 #endif
 
-template <typename F>
-int guarded(F body) {
-    try {
-        body();
-        return 0;
-    } catch (const std::exception &e) {
-        graph_error = e.what();
-        return -1;
-    }
-}
-
 }  // namespace
 
 extern "C" {
@@ -129,24 +148,19 @@ const char *diffuse_graph_error() { return graph_error.c_str(); }
 
 // A new event recorded on `device`'s current stream (nullptr, with diffuse_graph_error(), on a failure).
 void *diffuse_event_record(int device) {
-    try {
+    return guarded_or<void *>(nullptr, [&] {
         // Through c10's device-generic interface, which CUDA registers when libtorch_cuda is loaded: this needs no
         // CUDA headers, so events work in every build (without CUDA it throws "not linked with support for cuda").
         const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
         auto event = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
         event->record(cuda.getStream(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device))));
-        return event.release();
-    } catch (const std::exception &e) {
-        graph_error = e.what();
-        return nullptr;
-    }
+        return static_cast<void *>(event.release());
+    });
 }
 
 // 1 when the work queued before the event is done, 0 while it is not, -1 on an error. Never waits.
 int diffuse_event_query(void *event) {
-    int done = 0;
-    const int status = guarded([&] { done = static_cast<c10::Event *>(event)->query() ? 1 : 0; });
-    return status == 0 ? done : -1;
+    return guarded_or(-1, [&] { return static_cast<c10::Event *>(event)->query() ? 1 : 0; });
 }
 
 // Waits until the work queued before the event is done. 0, or -1 with diffuse_graph_error().
@@ -168,12 +182,7 @@ int diffuse_graph_available() {
 
 // A new, empty graph; nullptr where graphs are not available (or with diffuse_graph_error() on a failure).
 void *diffuse_graph_new() {
-    try {
-        return diffuse_graph_available() ? new Graph() : nullptr;
-    } catch (const std::exception &e) {
-        graph_error = e.what();
-        return nullptr;
-    }
+    return guarded_or<void *>(nullptr, [] { return diffuse_graph_available() ? new Graph() : nullptr; });
 }
 
 void diffuse_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
@@ -193,13 +202,7 @@ int diffuse_graph_begin(void *graph, int device) {
         wait_for(current, side);
         c10::cuda::setCurrentCUDAStream(side);
         g.previous = current;
-        try {
-            g.capture_begin();
-        } catch (...) {
-            g.abandon_capture();
-            g.restore_stream();
-            throw;
-        }
+        g.or_abandon([&] { g.capture_begin(); });
     });
 }
 
@@ -212,13 +215,7 @@ int diffuse_graph_end(void *graph) {
             throw std::runtime_error("diffuse_graph_end without diffuse_graph_begin");
         }
         const c10::cuda::CUDAStream side = c10::cuda::getCurrentCUDAStream();
-        try {
-            g.capture_end();
-        } catch (...) {
-            g.abandon_capture();
-            g.restore_stream();
-            throw;
-        }
+        g.or_abandon([&] { g.capture_end(); });
         const c10::cuda::CUDAStream previous = *g.previous;
         g.restore_stream();
         wait_for(side, previous);
@@ -229,7 +226,6 @@ int diffuse_graph_end(void *graph) {
 int diffuse_graph_replay(void *graph) {
     return guarded([&] { static_cast<Graph *>(graph)->replay(); });
 }
-
 
 #else  // no CUDA headers: no graph can be made
 
