@@ -154,7 +154,9 @@ fn run_guarded(loaded: &Loaded, batch: Vec<Job>, context: &WorkerContext, faults
     let (replies, params): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.reply, j.params)).unzip();
     let started = Instant::now();
     let everyone_gone = || {
-        std::thread::sleep(std::time::Duration::from_millis(faults.step_delay_ms));
+        if faults.step_delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(faults.step_delay_ms));
+        }
         replies.iter().all(|reply| reply.is_closed())
     };
     // The model and tensors are only read; a panic mid-batch leaves nothing half-updated that a later batch uses.
