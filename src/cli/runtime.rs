@@ -23,9 +23,9 @@ pub struct DeviceArgs {
     /// libtorch threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// On CUDA, run each training step and each network evaluation of a sampler as one captured CUDA graph
-    /// (experimental: not yet run on a GPU; also `DIFFUSE_CUDA_GRAPHS`). No effect on CPU.
-    #[arg(long, value_enum, env = "DIFFUSE_CUDA_GRAPHS", default_value_t = Graphs::Off)]
+    /// On CUDA, run each training step and each network evaluation of a sampler as one captured CUDA graph (also
+    /// `DIFFUSE_CUDA_GRAPHS`). No effect on CPU.
+    #[arg(long, value_enum, env = "DIFFUSE_CUDA_GRAPHS", default_value_t = Graphs::On)]
     pub cuda_graphs: Graphs,
 }
 

@@ -31,13 +31,13 @@ extern "C" {
     fn diffuse_event_free(event: *mut c_void);
 }
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// The `--cuda-graphs` flag.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Graphs {
-    #[default]
     Off,
+    #[default]
     On,
 }
 

@@ -241,6 +241,7 @@ impl Trainer {
     }
 
     fn assemble(config: TrainConfig, run: RunDir, model: Model, rng: RunRng) -> Self {
+        crate::runtime::device::autotune_convolutions(model.device());
         let adam = Adam::new(model.named_parameters(), config.adam);
         let ema = config.ema.map(|decay| Ema::new(&model, decay));
         let objective = Prepared::new(&config.objective);
