@@ -8,7 +8,8 @@
 #   resume  a run resumed on CUDA from its epoch-1 checkpoint against the same run uninterrupted;
 #   full    the full 20-epoch cfg run (SPEC.md defaults), with CUDA graphs unless GRAPHS=off: wall time, loss
 #           curve, figures, final weights;
-#   bench   `diffuse bench` against bench/pytorch_ref.py on the same card, fp32 and bf16, eager.
+#   bench   `diffuse bench` (CUDA graphs, the default, and eager) against bench/pytorch_ref.py (eager) on the same
+#           card, fp32 and bf16.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 BIN=${BIN:-target/release/diffuse}
@@ -68,6 +69,7 @@ graphs() {
 }
 
 resume() {
+  # Epoch 1's losses come back from the checkpoint: the comparison that matters is epoch 2's ("all").
   log "resume: graphs' 2-epoch run with its epoch-2 checkpoint removed, resumed on CUDA, against the run as it was"
   [ -d "$W/graphs-on" ] || "$BIN" train cfg --subset 10000 --epochs 2 --no-figures --device cuda --cuda-graphs on \
     --out "$W/graphs-on" 2>&1 | tail -n 1
@@ -91,9 +93,11 @@ full() {
 }
 
 bench() {
-  log "bench: diffuse vs PyTorch eager on this card"
+  log "bench: diffuse (graphs, then eager) vs PyTorch eager on this card"
   for prec in fp32 bf16; do
     "$BIN" bench --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
+    "$BIN" bench --device cuda --cuda-graphs off --model cfg --precision "$prec" --warmup 20 --steps 100 \
+      --sample-steps 100 --json
     "$BIN" bench --device cuda --model cfg --arch improved --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
     $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
     $PY bench/pytorch_ref.py --device cuda --model cfg --precision "$prec" --channels-last --warmup 20 --steps 100 --sample-steps 100 --json
