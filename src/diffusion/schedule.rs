@@ -9,7 +9,7 @@
 //! Everything is computed once in f64 and only converted to f32 when tensors are built.
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::runtime::device::upload;
 
@@ -94,27 +94,24 @@ impl NoiseSchedule {
     }
 
     /// x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps, per sample.
-    /// x0, eps: [N, C, H, W]; t: [N] int64 timestep indices.
-    pub fn add_noise(&self, x0: &Tensor, t: &Tensor, eps: &Tensor) -> Tensor {
-        let gather = |values: Vec<f64>| per_sample(&values, t, x0.device());
-        let sqrt_ab = gather(self.alpha_bar.iter().map(|a| a.sqrt()).collect());
-        let sqrt_one_minus_ab = gather(self.alpha_bar.iter().map(|a| (1.0 - a).sqrt()).collect());
-        x0 * sqrt_ab + eps * sqrt_one_minus_ab
+    /// x0, eps: [N, C, H, W]; steps: the N timestep indices, drawn on the host. Each sample's two coefficients are
+    /// looked up here and only they reach x0's device, [N, 1, 1, 1] to broadcast over its image.
+    pub fn add_noise(&self, x0: &Tensor, steps: &[i64], eps: &Tensor) -> Tensor {
+        let per_sample = |coefficient: fn(f64) -> f64| {
+            let values: Vec<f32> = steps
+                .iter()
+                .map(|&t| coefficient(self.alpha_bar[t as usize]) as f32)
+                .collect();
+            upload(Tensor::from_slice(&values), x0.device()).view([-1, 1, 1, 1])
+        };
+        x0 * per_sample(f64::sqrt) + eps * per_sample(|ab| (1.0 - ab).sqrt())
     }
-}
-
-/// values[t] for each t, shaped [N, 1, 1, 1] to broadcast over images.
-fn per_sample(values: &[f64], t: &Tensor, device: Device) -> Tensor {
-    let table: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    upload(Tensor::from_slice(&table), device)
-        .index_select(0, t)
-        .view([-1, 1, 1, 1])
-        .to_kind(Kind::Float)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Device, Kind};
 
     fn spec() -> NoiseSchedule {
         NoiseSchedule::new(&ScheduleConfig::default())
@@ -169,8 +166,7 @@ mod tests {
         let s = spec();
         let x0 = Tensor::ones([2, 1, 2, 2], (Kind::Float, Device::Cpu));
         let eps = Tensor::ones([2, 1, 2, 2], (Kind::Float, Device::Cpu)) * 2.0;
-        let t = Tensor::from_slice(&[0i64, 299]);
-        let x = s.add_noise(&x0, &t, &eps);
+        let x = s.add_noise(&x0, &[0, 299], &eps);
         let expect = |t: usize| s.alpha_bar[t].sqrt() + 2.0 * (1.0 - s.alpha_bar[t]).sqrt();
         let got: Vec<f32> = Vec::try_from(x.flatten(0, -1)).expect("vec");
         assert!((got[0] as f64 - expect(0)).abs() < 1e-5);

@@ -75,7 +75,7 @@ impl Prepared {
             },
             (Objective::Ddpm { .. } | Objective::Cfg { .. }, Some(schedule)) => {
                 let steps = rng.integers(n as usize, schedule.timesteps() as i64);
-                let input = schedule.add_noise(x0, &upload(Tensor::from_slice(&steps), device), &eps);
+                let input = schedule.add_noise(x0, &steps, &eps);
                 let t: Vec<f32> = steps
                     .iter()
                     .map(|&t| schedule.normalized_time(t as usize) as f32)
