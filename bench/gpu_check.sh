@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU check, run from the repository root on an NVIDIA machine that has PyTorch 2.11 (+cu130) installed, with a
 # `diffuse` binary built elsewhere (BIN) and the MNIST files (MNIST_DIR). Results go to $OUT. Sections, run in the
-# order SECTIONS gives [default: "parity graphs resume full bench", the newest work first, so a short lease still
-# answers the open questions]:
+# order SECTIONS gives [default: "parity graphs resume full bench", the correctness checks first, so a short lease
+# still answers whether the GPU path is right]:
 #   parity  the same training steps on CPU and CUDA (same seed, same init, same batches) give the same losses;
-#   graphs  --cuda-graphs on against off: the same losses, a capture per epoch, training and sampling speed;
+#   graphs  --cuda-graphs on against off: the same losses, a capture per epoch, the sample command's time (the
+#           bench section times training and sampler steps both ways);
 #   resume  a run resumed on CUDA from its epoch-1 checkpoint against the same run uninterrupted;
 #   full    the full 20-epoch cfg run (SPEC.md defaults), with CUDA graphs unless GRAPHS=off: wall time, loss
 #           curve, figures, final weights;
@@ -58,9 +59,6 @@ graphs() {
       --out "$W/graphs-$graphs" 2>&1 | grep -E "captured|error|panic|warn|epoch 2" | tail -n 5
   done
   compare_losses "$W/graphs-off" "$W/graphs-on" "GRAPH PARITY"
-  for prec in fp32 bf16; do
-    "$BIN" bench --device cuda --cuda-graphs on --model cfg --precision "$prec" --warmup 20 --steps 100 --sample-steps 100 --json
-  done 2>&1 | tee -a "$OUT/bench.jsonl"
   for graphs in off on; do
     echo "40 guided digits, DDPM 300 steps, --cuda-graphs $graphs (the command's own timing, then the whole process):"
     /usr/bin/time -f "%e s wall, %M KB peak RSS" "$BIN" sample --device cuda --cuda-graphs "$graphs" -v \
