@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::generate::{generate, step_count, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
+use crate::generate::{generate, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
 use crate::model::Arch;
 use crate::run::ModelKind;
 use crate::runtime::layout::Layout;
@@ -45,8 +45,8 @@ pub struct BenchRow {
     /// Euler 50 steps for flow.
     pub sample_img_per_s: Option<f64>,
     pub sample_ms_per_step: Option<f64>,
-    /// Seconds for the same 40 digits with the default sampler and steps ([`SampleDefaults`]), extrapolated from
-    /// the same timed steps.
+    /// Seconds for the same 40 digits drawn as `diffuse sample` draws them by default ([`SampleDefaults`]: its
+    /// sampler, steps and guidance interval), timed whole after an untimed run of the same.
     pub sample_default_s: Option<f64>,
     pub peak_rss_mb: f64,
 }
@@ -97,9 +97,10 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
     } else {
         300.0
     };
-    // What `diffuse sample` does by default, for the same 40 digits.
-    let defaults = SampleDefaults::for_objective(&trainer.config.objective).options();
-    let default_evaluations = step_count(&trainer.config, &defaults) as f64;
+    let sample_default_s = match config.model {
+        ModelKind::Denoiser => None,
+        _ => Some(time_default_job(&trainer, config)?),
+    };
     Ok(BenchRow {
         engine: "diffuse",
         model: config.model.name(),
@@ -116,18 +117,32 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
         train_img_per_s,
         sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,
-        sample_default_s: sample_ms_per_step.map(|ms| default_evaluations * ms / 1000.0),
+        sample_default_s,
         peak_rss_mb: peak_rss_mb(),
     })
 }
 
-/// Milliseconds per sampler step for 40 class-conditioned digits (guided: one forward of 80) or 40 plain ones.
-fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
-    let request = if trainer.config.model.class_cond {
+/// The 40 digits every sampling benchmark draws: 4 of each class, or 40 unconditional ones.
+fn sample_request(trainer: &Trainer) -> Request {
+    if trainer.config.model.class_cond {
         Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
     } else {
         Request::Unconditional(SAMPLE_DIGITS)
-    };
+    }
+}
+
+/// Seconds to draw `request` with `options`, the device waited for before the clock stops.
+fn time_generation(trainer: &Trainer, request: &Request, options: &GenerateOptions) -> Result<f64, GenerateError> {
+    let started = Instant::now();
+    let out = generate(&trainer.model, &trainer.config, request, options)?;
+    let _ = out.images.sum(Kind::Float).double_value(&[]);
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Milliseconds per sampler step of the reference job, as `bench/pytorch_ref.py` runs it: 40 class-conditioned
+/// digits guided at every step (one forward of 80), or 40 plain ones.
+fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
+    let request = sample_request(trainer);
     let run = |steps: usize| {
         let sampler = if config.model == ModelKind::Flow {
             SamplerKind::Euler
@@ -137,14 +152,12 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, Ben
         let options = GenerateOptions {
             sampler: Some(sampler),
             steps: Some(steps),
+            // Guided throughout, not only in the default interval: the reference guides every step.
+            guidance_interval: None,
             precision: config.precision,
             ..Default::default()
         };
-        let started = Instant::now();
-        let out = generate(&trainer.model, &trainer.config, &request, &options)?;
-        // Wait for the device before stopping the clock.
-        let _ = out.images.sum(Kind::Float).double_value(&[]);
-        Ok::<f64, GenerateError>(started.elapsed().as_secs_f64())
+        time_generation(trainer, &request, &options)
     };
     // The first generation also fills cuDNN's algorithm cache for the sampling batch shapes: not timed.
     run(2)?;
@@ -156,6 +169,18 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, Ben
         true if steps > 2 => (seconds - run(2)?) * 1000.0 / (steps - 2) as f64,
         _ => seconds * 1000.0 / steps as f64,
     })
+}
+
+/// Seconds for 40 digits drawn as `diffuse sample` draws them by default, in the benchmark's precision. The first
+/// generation (which also fills cuDNN's algorithm cache for the batch shapes) is not timed.
+fn time_default_job(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
+    let request = sample_request(trainer);
+    let options = GenerateOptions {
+        precision: config.precision,
+        ..SampleDefaults::for_objective(&trainer.config.objective).options()
+    };
+    time_generation(trainer, &request, &options)?;
+    Ok(time_generation(trainer, &request, &options)?)
 }
 
 /// Peak resident memory of this process (VmHWM), in MB.
