@@ -53,7 +53,7 @@ fn main() -> ExitCode {
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("error: {line} (see --help)");
+            cli::note(&format!("error: {line} (see --help)"));
             return ExitCode::from(2);
         }
     };
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", cli::one_line(&e));
+            cli::note(&format!("error: {}", cli::one_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -88,7 +88,11 @@ pub struct EvalArgs {
     pub source: ModelArgs,
     /// Score existing samples instead: PREFIX-images-idx3-ubyte (+ PREFIX-labels-idx1-ubyte when present).
     /// Repeatable: one row per PREFIX, named by its file name, all against one reference and floor.
-    #[arg(long, value_name = "PREFIX", conflicts_with_all = ["run", "model"])]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        conflicts_with_all = ["run", "model", "sweep", "sampler", "steps", "guidance", "guidance_interval", "seeds"]
+    )]
     pub idx: Vec<PathBuf>,
     /// Samples per digit (class-conditioned models; 10x this for unconditional ones).
     #[arg(long, default_value_t = 50)]
@@ -163,6 +167,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.per_digit == 0 || args.seeds == 0 {
         bail!("--per-digit and --seeds must be at least 1");
     }
+    if args.steps.contains(&0) {
+        bail!("--steps must be at least 1");
+    }
+    if args.sweep {
+        // A sweep takes hours; a path it cannot write must not be found out at its end.
+        super::check_output_file(&args.csv)?;
+        super::check_output_file(&args.plot)?;
+    }
     let classifier_dir = match &args.classifier {
         Some(dir) => dir.clone(),
         None => shipped::path_of(DEFAULT_CLASSIFIER)?,
@@ -172,8 +184,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let data_dir = data::resolve_data_dir(args.data.data_dir.as_deref());
     let reference = protocol::reference(&classifier, &data::load(&data_dir, Split::Test)?)?;
     let train = data::load(&data_dir, Split::Train)?;
-    let floor_row = |per_digit: usize| -> anyhow::Result<Row> {
-        let quality = protocol::floor(&classifier, &train, per_digit, args.seed, &reference)?;
+    let floor_row = |n: usize| -> anyhow::Result<Row> {
+        let quality = protocol::floor(&classifier, &train, n, args.seed, &reference)?;
         Ok(Row::scored("floor".into(), quality))
     };
 
@@ -185,6 +197,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let choice = args.runtime.choice(device);
     let loaded = args.source.load(&source, device, choice.layout)?;
     let class_cond = loaded.config.model.class_cond;
+    if !class_cond && (!args.guidance.is_empty() || !args.guidance_interval.is_empty()) {
+        bail!(
+            "--guidance and --guidance-interval apply to class-conditioned models; this `{}` model is not one",
+            loaded.config.objective.name()
+        );
+    }
     let request = if class_cond {
         Request::Classes((0..10u8).flat_map(|c| std::iter::repeat_n(c, args.per_digit)).collect())
     } else {
@@ -197,7 +215,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         precision: choice.precision,
         ..GenerateOptions::default()
     };
-    let mut rows = vec![floor_row(args.per_digit)?];
+    let mut rows = vec![floor_row(request.len())?];
     eprintln!("{}", format_row(&rows[0]));
     for setting in &settings {
         let summary =
@@ -241,7 +259,7 @@ fn idx_rows(
     sizes.dedup();
     let mut rows = Vec::with_capacity(sizes.len() + scored.len());
     for n in sizes {
-        rows.push(floor_row((n / 10).max(1))?);
+        rows.push(floor_row(n)?);
     }
     rows.extend(scored);
     Ok(rows)

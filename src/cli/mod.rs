@@ -67,6 +67,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level that `-v` picks.
+/// Refuses an output path (a file, or a file-name prefix) whose folder is missing, before any work is done.
+fn check_output_folder(path: &std::path::Path) -> anyhow::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        anyhow::bail!("output folder {} does not exist", parent.display());
+    }
+    Ok(())
+}
+
+/// [`check_output_folder`], and refuses a file path that is a folder.
+fn check_output_file(path: &std::path::Path) -> anyhow::Result<()> {
+    check_output_folder(path)?;
+    if path.is_dir() {
+        anyhow::bail!("{} is a folder; give a file name", path.display());
+    }
+    Ok(())
+}
+
+/// Writes one line to stderr, ignoring a failed write: a closed stderr (a log pipe that died) must not panic, as
+/// `eprintln!` would.
+pub fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn,diffuse::server=info",
@@ -80,6 +108,8 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A failed write (stderr a closed pipe) must not turn into a panic: its fallback report would panic too.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -20,8 +20,8 @@ pub struct DeviceArgs {
     /// Where to compute (also `DIFFUSE_DEVICE`).
     #[arg(long, value_enum, env = "DIFFUSE_DEVICE", default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// libtorch threads [default: one per core].
-    #[arg(long)]
+    /// libtorch threads (also `DIFFUSE_THREADS`) [default: one per core].
+    #[arg(long, env = "DIFFUSE_THREADS")]
     pub threads: Option<usize>,
     /// On CUDA, run each training step and each network evaluation of a sampler as one captured CUDA graph (also
     /// `DIFFUSE_CUDA_GRAPHS`). No effect on CPU.
@@ -74,7 +74,7 @@ pub fn resolve_choice(
 ) -> Choice {
     let choice = tuning::resolve(precision, layout, device, workload, &diffuse::model::tuning::time_pass);
     if let Some(warning) = choice.precision.slow_here(device) {
-        eprintln!("{warning}");
+        super::note(&warning);
     }
     choice
 }

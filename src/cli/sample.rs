@@ -1,6 +1,6 @@
 //! `diffuse sample`: draw digits from a trained run as a PNG grid, a GIF of the reverse process, and IDX files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -105,6 +105,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
+    if !class_cond && (args.guidance.is_some() || args.guidance_interval.is_some()) {
+        bail!(
+            "--guidance and --guidance-interval apply to class-conditioned models; this `{}` model is not one",
+            config.objective.name()
+        );
+    }
     let defaults = SampleDefaults::for_objective(&config.objective);
     let sampler = args.sampler.unwrap_or(defaults.sampler);
     if args.steps.is_some() && sampler == SamplerKind::Ddpm {
@@ -127,11 +133,11 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.gif.is_some() {
         options.frame_every = Some(SampleDefaults::frame_every(evaluations));
     }
-    for path in [Some(&args.out), args.gif.as_ref(), args.idx.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        check_parent(path)?;
+    for path in [Some(&args.out), args.gif.as_ref()].into_iter().flatten() {
+        super::check_output_file(path)?;
+    }
+    if let Some(prefix) = &args.idx {
+        super::check_output_folder(prefix)?;
     }
     let started = Instant::now();
     let output = generate(&model, &config, &request, &options)?;
@@ -181,9 +187,15 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         let (images_path, labels_path) = sample_file_paths(prefix);
         write_idx(&images_path, &[n as usize, 28, 28], &bytes)?;
         println!("{}", images_path.display());
-        if let Request::Classes(classes) = &request {
-            write_idx(&labels_path, &[classes.len()], classes)?;
-            println!("{}", labels_path.display());
+        match &request {
+            Request::Classes(classes) => {
+                write_idx(&labels_path, &[classes.len()], classes)?;
+                println!("{}", labels_path.display());
+            }
+            // No digits were asked for: a labels file left by an earlier call must not be read as these samples'.
+            _ if labels_path.exists() => std::fs::remove_file(&labels_path)
+                .map_err(|e| anyhow::anyhow!("cannot remove the old {}: {e}", labels_path.display()))?,
+            _ => {}
         }
     }
     eprintln!(
@@ -207,16 +219,4 @@ fn pad_to(images: &Tensor, total: i64) -> Tensor {
         ],
         0,
     )
-}
-
-/// Fails before sampling (which can take a while) when an output folder is missing.
-fn check_parent(path: &Path) -> anyhow::Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!("output folder {} does not exist", parent.display());
-    }
-    Ok(())
 }

@@ -61,13 +61,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             source.display()
         );
     }
-    eprintln!(
+    super::note(&format!(
         "serving {} ({}) on {}, {}",
         loaded.label,
         loaded.config.objective.name(),
         device::describe(device),
         choice.describe()
-    );
+    ));
     let options = ServeOptions {
         addr: args.addr,
         queue: args.queue,

@@ -277,10 +277,12 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
             eprintln!("{warning}");
         }
         // A kill between a checkpoint's commit and the losses.csv that follows it leaves the csv one epoch behind;
-        // the checkpoint holds the whole history, so rewrite it.
+        // the checkpoint holds the whole history, so rewrite it. metrics.csv rows of epochs past the checkpoint
+        // (a kill before its commit, or newer checkpoints deleted) are trained and measured again: drop them.
         trainer
             .write_losses_csv()
             .with_context(|| format!("cannot write losses.csv in {}", run_dir.display()))?;
+        trainer.run.keep_metrics_through(trainer.epoch)?;
         if trainer.is_finished() {
             eprintln!(
                 "{} is already complete ({} epochs); nothing to train",

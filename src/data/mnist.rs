@@ -163,9 +163,22 @@ fn find_required(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     })
 }
 
-/// Loads one split. Shapes are checked (images 3-D, labels 1-D, equal counts, labels < 10) but counts
-/// and image size are not fixed, so a smaller IDX set in the same layout loads too.
+/// Loads one split for the models. Shapes are checked (images 3-D and 28x28, labels 1-D, equal counts, labels < 10),
+/// but the count is not fixed, so a smaller IDX set in the same layout loads too.
 pub fn load(dir: &Path, split: Split) -> Result<Digits, DataError> {
+    let digits = read_split(dir, split)?;
+    if (digits.rows, digits.cols) != (SIDE, SIDE) {
+        return Err(DataError::ImageSize {
+            path: find_required(dir, split.file_names().0)?,
+            rows: digits.rows,
+            cols: digits.cols,
+        });
+    }
+    Ok(digits)
+}
+
+/// [`load`] without the image size check.
+fn read_split(dir: &Path, split: Split) -> Result<Digits, DataError> {
     let (images_name, labels_name) = split.file_names();
     let images_path = find_required(dir, images_name)?;
     let labels_path = find_required(dir, labels_name)?;
@@ -255,7 +268,7 @@ pub(crate) mod tests {
     fn loads_tiny_split_and_scales_pixels() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny(dir.path(), Split::Test, &[3, 1, 4]);
-        let d = load(dir.path(), Split::Test).expect("load");
+        let d = read_split(dir.path(), Split::Test).expect("load");
         assert_eq!((d.n, d.rows, d.cols), (3, 2, 2));
         assert_eq!(d.labels, vec![3, 1, 4]);
         assert_eq!(d.image(1), Some(&[80, 100, 120, 140][..]));
@@ -271,6 +284,9 @@ pub(crate) mod tests {
         assert_eq!(picked.image(0), d.image(2));
         assert_eq!(picked.image(1), d.image(1));
         assert_eq!(d.select(&[0, 3]), None);
+        // The models take 28x28 only: load refuses the 2x2 split by its size.
+        let e = load(dir.path(), Split::Test).expect_err("2x2");
+        assert!(matches!(e, DataError::ImageSize { rows: 2, cols: 2, .. }), "{e}");
     }
 
     #[test]
@@ -291,7 +307,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny(dir.path(), Split::Test, &[1, 2]);
         assert!(matches!(
-            load(dir.path(), Split::Test),
+            read_split(dir.path(), Split::Test),
             Err(DataError::CountMismatch {
                 n_images: 3,
                 n_labels: 2,
@@ -299,7 +315,7 @@ pub(crate) mod tests {
             })
         ));
         write_tiny(dir.path(), Split::Test, &[1, 10, 2]);
-        let e = load(dir.path(), Split::Test).expect_err("label 10");
+        let e = read_split(dir.path(), Split::Test).expect_err("label 10");
         assert!(matches!(
             e,
             DataError::BadLabel {
@@ -311,7 +327,7 @@ pub(crate) mod tests {
         assert!(e.to_string().contains(TEST_LABELS));
         write_idx(&dir.path().join(TEST_LABELS), &[3, 1], &[1, 2, 3]).expect("write");
         assert!(matches!(
-            load(dir.path(), Split::Test),
+            read_split(dir.path(), Split::Test),
             Err(DataError::WrongRank { expected: 1, .. })
         ));
     }

@@ -70,6 +70,9 @@ pub enum DataError {
     #[error("{}: label {label} at index {index} is not a digit class (0..=9)", path.display())]
     BadLabel { path: PathBuf, index: usize, label: u8 },
 
+    #[error("{}: images are {rows}x{cols}; the models take 28x28 (MNIST's size)", path.display())]
+    ImageSize { path: PathBuf, rows: usize, cols: usize },
+
     #[error("cannot {action} {}: {error}", path.display())]
     Io {
         action: &'static str,

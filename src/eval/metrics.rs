@@ -43,7 +43,13 @@ pub fn frechet_distance(a: &(Tensor, Tensor), b: &(Tensor, Tensor)) -> f64 {
         .sum(Kind::Double)
         .double_value(&[]);
     let tr = |c: &Tensor| c.trace().double_value(&[]);
-    (diff + tr(cov_a) + tr(cov_b) - 2.0 * tr_sqrt).max(0.0)
+    let distance = diff + tr(cov_a) + tr(cov_b) - 2.0 * tr_sqrt;
+    // Rounding can take a distance of ~0 below 0; a NaN (non-finite features) must stay NaN, which `max` would
+    // turn into a perfect 0.
+    match distance.is_nan() {
+        true => distance,
+        false => distance.max(0.0),
+    }
 }
 
 /// Quality of a set of images against reference feature moments.
@@ -88,6 +94,9 @@ mod tests {
         let other = (mean.shallow_clone(), Tensor::from_slice(&[1.0f64, 1.0, 1.0]).diag(0));
         // (2-1)^2 + (3-1)^2 + (1-1)^2 = 5
         assert!((frechet_distance(&a, &other) - 5.0).abs() < 1e-9);
+        // Non-finite features are no distance at all, never a perfect one.
+        let broken = (Tensor::from_slice(&[f64::NAN, 2.0, 3.0]), cov.shallow_clone());
+        assert!(frechet_distance(&a, &broken).is_nan());
     }
 
     /// Full covariances, where the matrix square root couples the dimensions (the diagonal case above cannot tell

@@ -31,6 +31,10 @@ pub enum EvalError {
     NotDigits { path: String, dims: Vec<usize> },
     #[error("{path}: {labels} labels for {images} images")]
     LabelCount { path: String, labels: usize, images: usize },
+    #[error("{path}: label {label} of image {index} is not a digit (0..9)")]
+    NotALabel { path: String, index: usize, label: u8 },
+    #[error("{path} holds {n} image(s); a Frechet distance needs at least 2")]
+    TooFewSamples { path: String, n: usize },
     #[error("the training split has only {have} digits of class {digit}; the floor needs {need}")]
     TooFewDigits { digit: u8, have: usize, need: usize },
     #[error(transparent)]
@@ -44,12 +48,13 @@ pub fn reference(classifier: &Classifier, test: &Digits) -> Result<(Tensor, Tens
     ))
 }
 
-/// `per_digit` real training digits of each class, drawn without replacement with `seed`, in class order like the
-/// samples: (images [10 per_digit, 1, 28, 28], labels).
-pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(Tensor, Vec<u8>), EvalError> {
+/// `n` real training digits, balanced over the classes (n / 10 of each, one more of each of the first n % 10),
+/// drawn without replacement with `seed`, in class order like the samples: (images [n, 1, 28, 28], labels).
+pub fn training_digits(train: &Digits, n: usize, seed: u64) -> Result<(Tensor, Vec<u8>), EvalError> {
     let order = RunRng::new(seed).permutation(train.n);
-    let mut picked = Vec::with_capacity(10 * per_digit);
+    let mut picked = Vec::with_capacity(n);
     for digit in 0..10u8 {
+        let per_digit = n / 10 + usize::from((digit as usize) < n % 10);
         let of_digit: Vec<usize> = order
             .iter()
             .map(|&i| i as usize)
@@ -72,15 +77,15 @@ pub fn training_digits(train: &Digits, per_digit: usize, seed: u64) -> Result<(T
     Ok((digits_to_tensor(&chosen), chosen.labels))
 }
 
-/// The floor at n = 10 per_digit: real training digits scored like samples.
+/// The floor at `n`: that many real training digits ([`training_digits`]) scored like samples.
 pub fn floor(
     classifier: &Classifier,
     train: &Digits,
-    per_digit: usize,
+    n: usize,
     seed: u64,
     reference: &(Tensor, Tensor),
 ) -> Result<Quality, EvalError> {
-    let (images, labels) = training_digits(train, per_digit, seed)?;
+    let (images, labels) = training_digits(train, n, seed)?;
     Ok(score(classifier, &images, Some(&labels), reference)?)
 }
 
@@ -246,6 +251,12 @@ pub fn read_samples(prefix: &Path) -> Result<(Tensor, Option<Vec<u8>>), EvalErro
         });
     }
     let n = images.dims[0];
+    if n < 2 {
+        return Err(EvalError::TooFewSamples {
+            path: images_path.display().to_string(),
+            n,
+        });
+    }
     let labels = if labels_path.exists() {
         let labels = data::read_idx(&labels_path)?;
         if labels.dims != [n] {
@@ -253,6 +264,13 @@ pub fn read_samples(prefix: &Path) -> Result<(Tensor, Option<Vec<u8>>), EvalErro
                 path: labels_path.display().to_string(),
                 labels: labels.data.len(),
                 images: n,
+            });
+        }
+        if let Some((index, &label)) = labels.data.iter().enumerate().find(|(_, &l)| l > 9) {
+            return Err(EvalError::NotALabel {
+                path: labels_path.display().to_string(),
+                index,
+                label,
             });
         }
         Some(labels.data)
@@ -318,7 +336,7 @@ mod tests {
             images: (0..30).collect(),
             labels: (0..30).map(|i| (i % 10) as u8).collect(),
         };
-        let (images, labels) = training_digits(&train, 2, 7).expect("enough");
+        let (images, labels) = training_digits(&train, 20, 7).expect("enough");
         assert_eq!(labels, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]);
         let index: Vec<f64> =
             Vec::try_from((images * 255.0).round().flatten(0, -1).to_kind(Kind::Double)).expect("vec");
@@ -329,8 +347,8 @@ mod tests {
         distinct.sort_by(f64::total_cmp);
         distinct.dedup();
         assert_eq!(distinct.len(), 20);
-        let again = training_digits(&train, 2, 7).expect("enough").0;
-        let other = training_digits(&train, 2, 8).expect("enough").0;
+        let again = training_digits(&train, 20, 7).expect("enough").0;
+        let other = training_digits(&train, 20, 8).expect("enough").0;
         let (again, other): (Vec<f64>, Vec<f64>) = (
             Vec::try_from((again * 255.0).round().flatten(0, -1).to_kind(Kind::Double)).expect("vec"),
             Vec::try_from((other * 255.0).round().flatten(0, -1).to_kind(Kind::Double)).expect("vec"),
@@ -338,8 +356,12 @@ mod tests {
         assert_eq!(again, index);
         assert_ne!(other, index);
         assert!(matches!(
-            training_digits(&train, 4, 7),
+            training_digits(&train, 40, 7),
             Err(EvalError::TooFewDigits { need: 4, .. })
         ));
+        // n not a multiple of 10: the first n % 10 classes get one more, the floor is at exactly n.
+        let (images, labels) = training_digits(&train, 13, 7).expect("enough");
+        assert_eq!(labels, vec![0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(images.size(), [13, 1, 1, 1]);
     }
 }

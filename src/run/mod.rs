@@ -68,6 +68,11 @@ pub enum RunError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Model(String),
+    #[error(
+        "{0} is in use by another diffuse process that is training there (one training per run folder; wait for \
+         it or stop it)"
+    )]
+    InUse(PathBuf),
 }
 
 /// Everything besides tensors that a checkpoint restores (`state.json`); the learning rate follows from the config.
@@ -126,6 +131,11 @@ impl CheckpointState {
 #[derive(Clone, Debug)]
 pub struct RunDir {
     path: PathBuf,
+}
+
+/// A run folder held by this process ([`RunDir::lock`]); dropping it lets another process train there.
+pub struct RunLock {
+    _folder: std::fs::File,
 }
 
 impl RunDir {
@@ -207,6 +217,46 @@ impl RunDir {
             path: path.clone(),
             source,
         })
+    }
+
+    /// Drops the rows of `metrics.csv` after epoch `epochs` (its first column): rows of epochs that no checkpoint
+    /// holds, which a resume from that checkpoint trains and measures again.
+    pub fn keep_metrics_through(&self, epochs: usize) -> Result<(), RunError> {
+        let Some(rows) = self.read_metrics()? else {
+            return Ok(());
+        };
+        let keep = |row: &Vec<String>| row[0].parse::<usize>().map_or(true, |epoch| epoch <= epochs);
+        if rows.iter().skip(1).all(keep) {
+            return Ok(());
+        }
+        let mut csv = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            if i == 0 || keep(row) {
+                let _ = writeln!(csv, "{}", row.join(","));
+            }
+        }
+        let path = self.metrics_path();
+        write_atomic(&path, csv.as_bytes()).map_err(|source| RunError::Write { path, source })
+    }
+
+    /// Takes the run folder for this process until the lock is dropped, refusing a folder another process holds
+    /// (an advisory `flock` on the folder itself: released by the kernel when the process ends, however it ends).
+    /// The folder must exist. Where the file system has no such locks, training goes on unlocked.
+    pub fn lock(&self) -> Result<RunLock, RunError> {
+        let folder = std::fs::File::open(&self.path).map_err(|e| RunError::Read {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a plain call on a descriptor this function owns.
+        if unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(RunError::InUse(self.path.clone()));
+            }
+            tracing::debug!("no lock on {}: {error}; training unlocked", self.path.display());
+        }
+        Ok(RunLock { _folder: folder })
     }
 
     /// `metrics.csv` as rows of cells, header first; `None` when the run has none.
@@ -297,6 +347,12 @@ pub struct Loaded {
 /// `layout`. Runs that keep a weight average sample from it.
 pub fn load(path: &Path, epoch: Option<usize>, device: Device, layout: Layout) -> Result<Loaded, RunError> {
     if is_model_folder(path) {
+        if let Some(epoch) = epoch {
+            return Err(RunError::Model(format!(
+                "{} is a model folder (one set of final weights), not a run with checkpoints: drop --epoch {epoch}",
+                path.display()
+            )));
+        }
         let config: TrainConfig = read_json(&path.join(CONFIG_FILE))?;
         let mut model = Model::with_layout(&config.model, device, layout);
         model.load(&path.join(MODEL_FILE))?;
@@ -305,6 +361,12 @@ pub fn load(path: &Path, epoch: Option<usize>, device: Device, layout: Layout) -
             config,
             label: path.display().to_string(),
         });
+    }
+    if path.join(crate::eval::classifier::INFO_FILE).is_file() {
+        return Err(RunError::Model(format!(
+            "{} is a digit classifier (for `diffuse eval --classifier`), not a model that draws digits",
+            path.display()
+        )));
     }
     let (epoch, dir, state) = RunDir::new(path).read_state(epoch)?;
     let mut model = Model::with_layout(&state.config.model, device, layout);

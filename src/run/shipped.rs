@@ -47,7 +47,8 @@ pub fn list() -> Vec<String> {
 pub fn path_of(name: &str) -> Result<PathBuf, RunError> {
     if name.contains('/') || name.contains("..") {
         return Err(RunError::Model(format!(
-            "model name `{name}` must be a plain name (see `diffuse models`)"
+            "model name `{name}` must be a plain name, one of: {} (a folder goes to --run)",
+            list().join(", ")
         )));
     }
     let dir = models_dir().join(name);

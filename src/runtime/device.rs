@@ -76,7 +76,10 @@ pub fn threads() -> usize {
 
 pub fn describe(device: Device) -> String {
     match device {
-        Device::Cpu => format!("cpu ({} threads)", threads()),
+        Device::Cpu => match threads() {
+            1 => "cpu (1 thread)".to_string(),
+            n => format!("cpu ({n} threads)"),
+        },
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}"),
     }

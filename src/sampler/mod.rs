@@ -55,6 +55,21 @@ pub struct SampleOutput {
     pub frames: Vec<Tensor>,
 }
 
+impl SampleOutput {
+    /// The outputs of consecutive parts of one request (the same sampler and steps, so the same frames) as one.
+    pub fn concat(parts: Vec<SampleOutput>) -> SampleOutput {
+        let images: Vec<&Tensor> = parts.iter().map(|p| &p.images).collect();
+        let frame_count = parts.first().map_or(0, |p| p.frames.len());
+        let frames = (0..frame_count)
+            .map(|k| Tensor::cat(&parts.iter().map(|p| &p.frames[k]).collect::<Vec<_>>(), 0))
+            .collect();
+        SampleOutput {
+            images: Tensor::cat(&images, 0),
+            frames,
+        }
+    }
+}
+
 /// Collects animation frames every `every` steps (host copies happen only here).
 pub(crate) struct FrameRecorder {
     every: Option<usize>,

@@ -104,29 +104,63 @@ pub fn run(loaded: Loaded, name: String, options: ServeOptions) -> Result<(), Se
         metrics,
         lifecycle: lifecycle.clone(),
     };
-    let worker = std::thread::Builder::new()
-        .name("model".into())
-        .spawn(move || worker::run(loaded, rx, context))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let drained = runtime.block_on(serve(state, &options))?;
+    // Bound before the model thread starts: an address that cannot be served ends here, with nothing running.
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(options.addr))?;
+    let worker = std::thread::Builder::new()
+        .name("model".into())
+        .spawn(move || worker::run(loaded, rx, context))?;
+    let served = runtime.block_on(serve(state, listener, &options));
     // Blocking tasks (PNG encoding) of requests cut off by the drain deadline are not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // With the runtime gone, so are the job queue's senders and every waiting caller: the worker stops its batch
+    // before the next network evaluation and returns. libtorch must not be torn down at exit under a forward pass
+    // still running on that thread (it crashed the process: SIGSEGV or "pure virtual method called").
+    if !finished_within(&worker, WORKER_EXIT_WAIT) {
+        tracing::warn!(
+            target: "diffuse::server",
+            "the model thread did not stop within {} s; exiting without waiting for it",
+            WORKER_EXIT_WAIT.as_secs()
+        );
+        let code = i32::from(served.is_err() || lifecycle.fatal().is_some());
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        // SAFETY: ends the process at once, without running C++ static destructors under the running thread.
+        unsafe { libc::_exit(code) };
+    }
+    let _ = worker.join();
+    served?;
     if let Some(message) = lifecycle.fatal() {
         return Err(ServeError::Fatal(message));
-    }
-    if drained {
-        let _ = worker.join();
     }
     Ok(())
 }
 
-/// Binds, serves until a stop, drains. Returns whether every accepted request was answered.
-async fn serve(state: Arc<AppState>, options: &ServeOptions) -> Result<bool, ServeError> {
+/// How long the server waits at exit for the model thread to finish what it is doing.
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `thread` has returned, waiting for it at most `limit`.
+fn finished_within(thread: &std::thread::JoinHandle<()>, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !thread.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Serves on `listener` until a stop, drains. Returns whether every accepted request was answered.
+async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    options: &ServeOptions,
+) -> Result<bool, ServeError> {
     let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind(options.addr).await?;
     let local = listener.local_addr()?;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // Stop accepting once the stop signal came and every accepted generation request was answered.
@@ -149,9 +183,10 @@ async fn serve(state: Arc<AppState>, options: &ServeOptions) -> Result<bool, Ser
     // Announce readiness (tests and scripts wait for this line), unless the warm-up failed first.
     tokio::select! {
         _ = wait_ready(&lifecycle) => {
-            println!("listening on http://{local}");
+            // Not println!: a closed stdout must not panic the server.
             use std::io::Write as _;
-            let _ = std::io::stdout().flush();
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "listening on http://{local}").and_then(|()| stdout.flush());
         }
         _ = lifecycle.stopped() => {}
     }

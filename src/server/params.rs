@@ -171,7 +171,16 @@ pub fn validate(raw: &GenerateQuery, config: &TrainConfig) -> Result<GeneratePar
             )))
         }
     };
-    let animate = matches!(raw.animate.as_deref(), Some("1") | Some("true"));
+    let animate = match raw.animate.as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(other) => {
+            return Err(InvalidQuery(format!(
+                "animate must be 1, true, 0 or false, got `{}`",
+                truncate(other)
+            )))
+        }
+    };
     Ok(GenerateParams {
         digit,
         n,
@@ -234,6 +243,12 @@ mod tests {
         )
         .expect("ok");
         assert_eq!((p.digit, p.steps), (Some(7), Some(20)));
+        for (value, animate) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+            assert_eq!(
+                parse(&pairs(&[("animate", value)]), &cfg).expect(value).animate,
+                animate
+            );
+        }
         for bad in [
             vec![("digit", "10")],
             vec![("digit", "-1")],
@@ -244,6 +259,8 @@ mod tests {
             vec![("steps", "0")],
             vec![("sampler", "euler")],
             vec![("format", "bmp")],
+            vec![("animate", "yes")],
+            vec![("animate", "2")],
             vec![("bogus", "1")],
             vec![("n", "2"), ("n", "3")],
         ] {

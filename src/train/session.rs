@@ -48,18 +48,25 @@ impl Session {
         }
         while !self.trainer.is_finished() {
             self.trainer.train_epoch(&self.data, hooks)?;
+            let averaged = self.trainer.sampling_model();
+            let model = averaged.as_ref().unwrap_or(&self.trainer.model);
+            // The epoch's metrics row goes before its checkpoint: a stop between the two leaves a row that no
+            // checkpoint holds, which a resume drops and measures again (RunDir::keep_metrics_through), never a
+            // checkpoint without its row.
+            self.held_out_metrics(model, hooks)?;
             let dir = self.trainer.save_checkpoint()?;
             hooks.checkpoint_saved(self.trainer.epoch, &dir);
-            self.after_epoch(hooks)?;
+            if let Some(figures) = &self.figures {
+                figures.after_epoch(model, self.trainer.epoch, &self.trainer.losses)?;
+            }
         }
         Ok(())
     }
 
-    /// Held-out numbers and figures, from the weight average when the run keeps one.
-    fn after_epoch(&self, hooks: &mut dyn Hooks) -> Result<(), TrainError> {
+    /// Held-out numbers of the epoch just trained, from `model` (the weight average when the run keeps one),
+    /// appended to metrics.csv.
+    fn held_out_metrics(&self, model: &crate::model::Model, hooks: &mut dyn Hooks) -> Result<(), TrainError> {
         let trainer = &self.trainer;
-        let averaged = trainer.sampling_model();
-        let model = averaged.as_ref().unwrap_or(&trainer.model);
         if let (&Objective::Denoiser { sigma }, Some(images)) = (&trainer.config.objective, &self.test_images) {
             let (denoised, noisy) = denoiser_test_mse(model, images, sigma, trainer.config.precision);
             hooks.test_mse(
@@ -73,9 +80,6 @@ impl Session {
             trainer
                 .run
                 .append_metrics("epoch,test_mse_denoised,test_mse_noisy", &row)?;
-        }
-        if let Some(figures) = &self.figures {
-            figures.after_epoch(model, trainer.epoch, &trainer.losses)?;
         }
         Ok(())
     }

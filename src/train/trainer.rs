@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::run::checkpoint::{self, WriteError};
 use crate::run::config::InvalidConfig;
 use crate::run::{
-    CheckpointError, CheckpointState, RunDir, RunError, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
+    CheckpointError, CheckpointState, RunDir, RunError, RunLock, TrainConfig, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
 };
 use crate::runtime::cuda::{self, CudaError, CudaGraph, Event};
 use crate::runtime::device::upload;
@@ -53,8 +53,9 @@ pub enum TrainError {
     Config(String),
     #[error("{run} already holds a trained run (checkpoint epoch {epoch}); continue it with --resume {run} or pick another --out")]
     Exists { run: String, epoch: usize },
-    #[error("cannot resume {run}: {what}")]
-    Mismatch { run: String, what: String },
+    /// The run is not of the kind asked for (callers name the run: "cannot resume RUN").
+    #[error("{0}")]
+    Mismatch(String),
     #[error("loss became {value} at epoch {epoch}, step {step} (global step {global_step}); training stopped. The last good checkpoint is kept{kept}")]
     NonFinite {
         value: f32,
@@ -115,6 +116,8 @@ pub struct Faults {
 pub struct Trainer {
     pub config: TrainConfig,
     pub run: RunDir,
+    /// The run folder held for this process (none for a trainer that never touches the disk).
+    lock: Option<RunLock>,
     pub model: Model,
     adam: Adam,
     ema: Option<Ema>,
@@ -213,6 +216,8 @@ impl Trainer {
     /// be read.
     pub fn create(config: TrainConfig, run: RunDir, device: Device) -> Result<Self, TrainError> {
         config.validate()?;
+        run.create()?;
+        let lock = run.lock()?;
         match run.latest_checkpoint() {
             Ok((epoch, _)) => {
                 return Err(TrainError::Exists {
@@ -223,12 +228,13 @@ impl Trainer {
             Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => {}
             Err(e) => return Err(e.into()),
         }
-        run.create()?;
         run.write_config(&config)?;
         tch::manual_seed(config.seed as i64);
         let model = Model::with_layout(&config.model, device, config.layout);
         let rng = RunRng::new(config.seed);
-        Ok(Self::assemble(config, run, model, rng))
+        let mut trainer = Self::assemble(config, run, model, rng);
+        trainer.lock = Some(lock);
+        Ok(trainer)
     }
 
     /// A trainer that never touches the disk (benchmarks).
@@ -260,21 +266,20 @@ impl Trainer {
             graphed: None,
             eager_full_steps: 0,
             graphs_failed: false,
+            lock: None,
         }
     }
 
     /// Continues the run in the folder `run` from its newest complete checkpoint. `expected_kind` is the objective the
     /// caller asked for ("ddpm", ...); a run of another kind is refused.
     pub fn resume(run: RunDir, expected_kind: &str, device: Device) -> Result<Self, TrainError> {
+        let lock = run.lock()?;
         let (_, dir, state) = run.read_state(None)?;
         let found = state.config.objective.name();
         if found != expected_kind {
-            return Err(TrainError::Mismatch {
-                run: run.path().display().to_string(),
-                what: format!(
-                    "it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"
-                ),
-            });
+            return Err(TrainError::Mismatch(format!(
+                "it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"
+            )));
         }
         let mut model = Model::with_layout(&state.config.model, device, state.config.layout);
         model.load(&dir.join(MODEL_FILE))?;
@@ -286,6 +291,7 @@ impl Trainer {
         trainer.epoch = state.epoch;
         trainer.losses = state.losses;
         trainer.epoch_seconds = state.epoch_seconds;
+        trainer.lock = Some(lock);
         Ok(trainer)
     }
 
@@ -296,7 +302,9 @@ impl Trainer {
 
     /// Sets the run's length to `epochs` (`--resume RUN --epochs N`), extending a finished run. The learning-rate
     /// decay keeps the rate it was planned with (see [`TrainConfig::lr_decay_epochs`]), so the epochs already
-    /// trained are unchanged and the new ones continue the same exponential decay. Rewrites config.json.
+    /// trained are unchanged and the new ones continue the same exponential decay. config.json follows with the
+    /// first checkpoint of the longer run: until one exists, the run is what its checkpoint says (an extension
+    /// stopped before then is asked for again with the same `--epochs`).
     pub fn set_epochs(&mut self, epochs: usize) -> Result<(), TrainError> {
         if epochs < self.epoch.max(1) {
             return Err(TrainError::Config(format!(
@@ -309,7 +317,7 @@ impl Trainer {
         }
         self.config.lr_decay_epochs.get_or_insert(self.config.epochs);
         self.config.epochs = epochs;
-        Ok(self.run.write_config(&self.config)?)
+        Ok(())
     }
 
     pub fn is_finished(&self) -> bool {
@@ -459,7 +467,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes the checkpoint of the epoch just finished, then `losses.csv`.
+    /// Writes the checkpoint of the epoch just finished, then `losses.csv` and `config.json` (which a longer run set
+    /// by [`Trainer::set_epochs`] changes).
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         let state = CheckpointState::new(
             self.epoch,
@@ -496,6 +505,7 @@ impl Trainer {
             WriteError::Fill(e) => e,
         })?;
         self.write_losses_csv()?;
+        self.run.write_config(&self.config)?;
         Ok(dir)
     }
 

@@ -77,6 +77,18 @@ fn missing_truncated_and_wrong_magic_idx_files() {
     let mut f = fs::File::create(data.join("t10k-labels-idx1-ubyte")).expect("create");
     f.write_all(&wrong).expect("write");
     assert_clean_failure(&train("r3"), "magic");
+    drop(f);
+    fs::write(data.join("t10k-labels-idx1-ubyte"), &raw).expect("restore");
+
+    // Well-formed images of another size (16x49: the same bytes per image) had reached the UNet and panicked there.
+    let images = fs::read(mnist_dir().join("train-images-idx3-ubyte.gz")).expect("read");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&images[..]), &mut raw).expect("gunzip");
+    raw[8..12].copy_from_slice(&16u32.to_be_bytes());
+    raw[12..16].copy_from_slice(&49u32.to_be_bytes());
+    fs::remove_file(data.join("train-images-idx3-ubyte.gz")).expect("rm");
+    fs::write(data.join("train-images-idx3-ubyte"), &raw).expect("write");
+    assert_clean_failure(&train("r4"), "images are 16x49; the models take 28x28");
 }
 
 #[test]
@@ -113,4 +125,73 @@ fn damaged_checkpoints_are_refused_and_nan_keeps_the_last_good_one() {
     let out = run(&["train", "denoiser", "--resume", r, "--no-figures"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(run_dir.join("checkpoints/epoch-003/model.safetensors").exists());
+}
+
+/// A model whose weights hold a NaN draws NaN digits. They are refused with one line, never drawn black or scored:
+/// a NaN Frechet distance had come out as a perfect 0, better than real digits.
+#[test]
+fn a_model_that_draws_nan_is_refused_not_drawn_or_scored() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model_dir = tmp.path().join("broken-cfg");
+    fs::create_dir_all(&model_dir).expect("mkdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cfg-d64");
+    for name in ["config.json", "model.safetensors"] {
+        fs::copy(shipped.join(name), model_dir.join(name)).expect("copy");
+    }
+    let weights = model_dir.join("model.safetensors");
+    let mut tensors = diffuse::io::tensor_file::read(&weights).expect("read");
+    let (name, tensor) = tensors.pop_last().expect("a tensor");
+    tensors.insert(name, tensor.full_like(f64::NAN));
+    diffuse::io::tensor_file::write(&weights, &tensors).expect("write");
+    let m = model_dir.to_str().expect("utf8");
+    let png = tmp.path().join("grid.png");
+    let idx = tmp.path().join("samples");
+    let out = run(&[
+        "sample",
+        "--run",
+        m,
+        "--digits",
+        "3",
+        "--per-digit",
+        "2",
+        "--out",
+        png.to_str().expect("utf8"),
+        "--idx",
+        idx.to_str().expect("utf8"),
+    ]);
+    assert_clean_failure(&out, "2 of 2 samples came out NaN");
+    assert!(!png.exists() && !tmp.path().join("samples-images-idx3-ubyte").exists());
+    let out = run(&["eval", "--run", m, "--per-digit", "1", "--steps", "2"]);
+    assert_clean_failure(&out, "NaN or infinite");
+}
+
+/// One training per run folder: a second `train` or `--resume` aimed at a folder another process is training in is
+/// refused with one line, and the first run's files are left alone (two runs had both "succeeded", one overwriting
+/// the other's checkpoints). The kernel lets go of the folder when its process dies, even by SIGKILL.
+#[test]
+fn a_run_folder_takes_one_training_at_a_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    // The first run holds its first checkpoint write open for minutes.
+    let mut first = spawn_quiet(&tiny(
+        "denoiser",
+        &run_dir,
+        &["--epochs", "1", "--checkpoint-file-delay-ms", "300000"],
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run_dir.join("config.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let config = fs::read(run_dir.join("config.json")).expect("config");
+    assert_clean_failure(
+        &run_owned(&tiny("ddpm", &run_dir, &["--epochs", "1"])),
+        "in use by another",
+    );
+    assert_clean_failure(&run_owned(&resume("denoiser", &run_dir, &[])), "in use by another");
+    assert_eq!(fs::read(run_dir.join("config.json")).expect("config"), config);
+    first.kill().expect("kill");
+    first.wait().expect("wait");
+    let out = run_owned(&tiny("denoiser", &run_dir, &["--epochs", "1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -194,13 +194,28 @@ fn the_dockerfile_runs_the_bundle_unprivileged_with_a_liveness_healthcheck() {
     assert!(!user.starts_with("root") && !user.starts_with("0"), "USER {user}");
     let healthcheck = &instruction("HEALTHCHECK")[0];
     assert!(healthcheck.contains("/livez"), "{healthcheck}");
-    let addr = instruction("ENV")
+    let env: BTreeMap<String, String> = instruction("ENV")
         .iter()
         .flat_map(|e| e.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .find_map(|kv| kv.strip_prefix("DIFFUSE_ADDR=").map(str::to_string))
-        .expect("ENV DIFFUSE_ADDR");
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let addr = env.get("DIFFUSE_ADDR").expect("ENV DIFFUSE_ADDR");
+    // Pinned like the manifest's pod: same digits for a seed after a restart, no timing at start-up.
+    let pod = yaml("k8s/deployment.yaml");
+    let pod_env = env_of(&pod["spec"]["template"]["spec"]["containers"][0]);
+    for key in ["DIFFUSE_PRECISION", "DIFFUSE_LAYOUT"] {
+        assert!(
+            env.contains_key(key),
+            "the Dockerfile leaves {key} to a start-up measurement"
+        );
+        assert_eq!(
+            env.get(key),
+            pod_env.get(key),
+            "{key}: the image and the manifest differ"
+        );
+    }
     let exposed: u64 = instruction("EXPOSE")[0].parse().expect("EXPOSE port");
-    assert_eq!(port_of_addr(&addr), exposed);
+    assert_eq!(port_of_addr(addr), exposed);
     assert!(healthcheck.contains(&format!("127.0.0.1/{exposed}")), "{healthcheck}");
     // The tarball scripts/package.sh makes, unpacked where ENTRYPOINT looks for the binary.
     assert!(instruction("ADD")[0].starts_with("diffuse-${VERSION}-linux-x86_64.tar.gz /opt/"));

@@ -129,6 +129,39 @@ fn known_cases_score_as_expected() {
     );
 }
 
+/// Files of sizes that are not multiples of 10 each get a floor at their own n (it had been at n rounded down to a
+/// multiple of 10, and at 10 for a file of 5). Too few images or a label that is not a digit are refused.
+#[test]
+fn each_sample_file_gets_a_floor_at_its_own_n_and_bad_files_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a25"), tmp.path().join("b5"));
+    write_test_digits(&a, 25, false);
+    write_test_digits(&b, 5, false);
+    let table = eval_idx(&[&a, &b]);
+    let floors: Vec<Vec<String>> = table
+        .lines()
+        .filter(|l| l.starts_with("floor "))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    let mut floor_ns: Vec<&str> = floors.iter().map(|cells| cells[5].as_str()).collect();
+    floor_ns.sort_unstable();
+    assert_eq!(floor_ns, ["25", "5"], "{table}");
+    assert_eq!(row_of(&table, "a25")[5], "25");
+    assert_eq!(row_of(&table, "b5")[5], "5");
+
+    let one = tmp.path().join("one");
+    write_test_digits(&one, 1, false);
+    assert_clean_failure(&run(&["eval", "--idx", one.to_str().expect("utf8")]), "at least 2");
+    let bad = tmp.path().join("bad");
+    write_test_digits(&bad, 3, false);
+    let (_, labels_path) = diffuse::data::sample_file_paths(&bad);
+    diffuse::data::write_idx(&labels_path, &[3], &[1, 12, 3]).expect("labels");
+    assert_clean_failure(
+        &run(&["eval", "--idx", bad.to_str().expect("utf8")]),
+        "label 12 of image 1",
+    );
+}
+
 #[test]
 fn eval_samples_from_a_model_and_train_classifier_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -178,4 +178,39 @@ fn a_finished_run_extended_with_epochs_equals_the_longer_run() {
     assert_eq!(config["lr_decay_epochs"], 1);
     // Fewer epochs than trained is refused.
     assert_clean_failure(&run_owned(&resume("ddpm", &extended, &["--epochs", "1"])), "at least");
+    // An extension stopped before its first new checkpoint (here by a NaN in epoch 3, global step 20 of 8 a
+    // epoch) leaves the run as its checkpoint says: config.json had already said 3 epochs while the checkpoint
+    // said 2, and a plain resume then called the run complete.
+    let stopped = run_owned(&resume(
+        "ddpm",
+        &extended,
+        &["--epochs", "3", "--inject-nan-at-step", "20"],
+    ));
+    assert_clean_failure(&stopped, "step 20");
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(extended.join("config.json")).expect("config")).expect("json");
+    assert_eq!(config["epochs"], 2);
+}
+
+/// metrics.csv follows the checkpoint a run resumes from: resumed from epoch 1 with epoch 2's checkpoint gone,
+/// epoch 2 is trained and measured again and its row appears once, not twice.
+#[test]
+fn a_resume_keeps_one_metrics_row_per_epoch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    let out = run_owned(&tiny("denoiser", &run_dir, &["--epochs", "2"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epochs = || -> Vec<String> {
+        fs::read_to_string(run_dir.join("metrics.csv"))
+            .expect("metrics")
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(epochs(), ["1", "2"]);
+    fs::remove_dir_all(run_dir.join("checkpoints/epoch-002")).expect("rm");
+    let out = run_owned(&resume("denoiser", &run_dir, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(epochs(), ["1", "2"]);
 }

@@ -112,6 +112,18 @@ fn figures_are_written_by_training_and_regenerated_from_checkpoints() {
             "{name} missing after ddpm training"
         );
     }
+    // Guidance flags on an unconditional model are refused, not ignored.
+    let d = ddpm.to_str().expect("utf8");
+    let png = tmp.path().join("unguided.png");
+    let p = png.to_str().expect("utf8");
+    assert_clean_failure(
+        &run(&["sample", "--run", d, "--guidance", "3", "--out", p]),
+        "apply to class-conditioned models",
+    );
+    assert_clean_failure(
+        &run(&["eval", "--run", d, "--guidance-interval", "all", "--per-digit", "1"]),
+        "apply to class-conditioned models",
+    );
 }
 
 #[test]
@@ -171,7 +183,28 @@ fn the_shipped_model_samples_without_a_run_and_unknown_models_are_refused() {
         &run(&["sample", "--model", "no-such-model", "--out", p]),
         "no-such-model",
     );
-    assert_clean_failure(&run(&["sample", "--model", "../etc", "--out", p]), "plain name");
+    assert_clean_failure(
+        &run(&["sample", "--model", "../etc", "--out", p]),
+        "plain name, one of: cfg-d64",
+    );
+    // A model folder has no epochs to pick from, and the classifier draws nothing: both said so, not ignored.
+    let model_folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cfg-d64");
+    assert_clean_failure(
+        &run(&[
+            "sample",
+            "--run",
+            model_folder.to_str().expect("utf8"),
+            "--epoch",
+            "3",
+            "--out",
+            p,
+        ]),
+        "drop --epoch 3",
+    );
+    assert_clean_failure(
+        &run(&["sample", "--model", "mnist-classifier", "--out", p]),
+        "digit classifier",
+    );
 }
 
 #[test]
