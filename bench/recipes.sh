@@ -5,10 +5,12 @@
 #
 # Trains each recipe for EPOCHS epochs into OUT_DIR/<arch>-<kind> (default runs/recipes; a run that already has
 # the epochs is reused, a stopped one is resumed), then scores every epoch's checkpoint with `diffuse eval` on 300
-# samples (30 per digit) at each sampler setting below, and prints one markdown row per run and epoch: mean loss of
-# that epoch, the best Frechet distance and its setting, the classifier accuracy there, and the whole-process wall
-# time of `diffuse sample` drawing 40 digits with that setting. Every number comes from this machine.
+# samples (30 per digit) at each sampler setting below, guided at every step (not only in the default interval),
+# and prints one markdown row per run and epoch: mean loss of that epoch, the best Frechet distance and its
+# setting, the classifier accuracy there, and the whole-process wall time of `diffuse sample` drawing 40 digits
+# with that setting. Every number comes from this machine.
 #
+# Training takes the machine's measured precision and layout (README, Training).
 # Environment: BIN (default target/release/diffuse), PRECISION for sampling (default bf16), PER_DIGIT (default 30),
 # FULL=1 to add ancestral DDPM-300 to the DDPM settings (slow on a CPU).
 set -euo pipefail
@@ -62,8 +64,8 @@ score_row() {
   for setting in $(settings_for "$kind"); do
     IFS=: read -r sampler steps guidance <<<"$setting"
     # stdout: header, then "sampler steps guidance n accuracy FD seconds".
-    row=$("$bin" eval --run "$run" --epoch "$epoch" --sampler "$sampler" --steps "$steps" \
-      --guidance "$guidance" --per-digit "$per_digit" --precision "$precision" 2>/dev/null | tail -1)
+    row=$("$bin" eval --run "$run" --epoch "$epoch" --sampler "$sampler" --steps "$steps" --guidance "$guidance" \
+      --guidance-interval all --per-digit "$per_digit" --precision "$precision" 2>/dev/null | tail -1)
     read -r _ _ _ _ accuracy fd _ <<<"$row"
     echo "  $arch-$kind epoch $epoch $sampler-$steps g$guidance: FD $fd, accuracy $accuracy" >&2
     if [ -z "$best" ] || awk -v a="$fd" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then
@@ -74,7 +76,7 @@ score_row() {
   local start seconds
   start=$(date +%s.%N)
   "$bin" sample --run "$run" --epoch "$epoch" --sampler "$sampler" --steps "$steps" --guidance "$guidance" \
-    --precision "$precision" --out "$run/recipes-sample-epoch-$epoch.png" >/dev/null 2>&1
+    --guidance-interval all --precision "$precision" --out "$run/recipes-sample-epoch-$epoch.png" >/dev/null 2>&1
   seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   printf '| %s %s | %d | %d | %s | %s | %s | %s | %.1f |\n' "$arch" "$([ "$kind" = cfg ] && echo DDPM-cfg || echo flow)" \
     "$epoch" $((epoch * 60000)) "$(epoch_loss "$run" "$epoch")" "$fd" "$label" "$accuracy" "$seconds"
