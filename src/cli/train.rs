@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use diffuse::data::{self, dataset::Dataset, Split};
@@ -77,13 +77,18 @@ pub enum TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// Run folder to create (checkpoints, losses.csv, config.json, figures/) [default: runs/<kind>].
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+    /// Run folder to create (checkpoints, losses.csv, config.json, figures/) [default: runs/<kind>]. With --resume
+    /// and --from-epoch: the new folder the run continues in.
+    #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
     /// Continue the run in RUN_DIR from its newest complete checkpoint. Its configuration comes from the checkpoint,
     /// so the recipe flags conflict with it; only --epochs, --threads, --device and --data-dir may change.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue from this epoch's checkpoint instead of the newest; an earlier one continues in a
+    /// new folder (--out), which gets a copy of it, leaving RUN_DIR as it is.
+    #[arg(long, value_name = "EPOCH", requires = "resume")]
+    pub from_epoch: Option<usize>,
     /// Epochs to train. With --resume, the run's new length: more than it had extends a finished run, and the
     /// learning rate keeps decaying at the rate it was planned with.
     #[arg(long)]
@@ -265,9 +270,22 @@ fn train(common: &CommonArgs, config: TrainConfig) -> anyhow::Result<()> {
     let device = common.device.resolve()?;
     let kind = config.objective.name();
     let mut test_digits = None;
-    let mut trainer = if let Some(run_dir) = &common.resume {
-        let mut trainer = Trainer::resume(RunDir::new(run_dir), kind, device)
-            .with_context(|| format!("cannot resume {}", run_dir.display()))?;
+    if common.resume.is_some() && common.out.is_some() && common.from_epoch.is_none() {
+        bail!("--out with --resume needs --from-epoch (the checkpoint to continue from in the new folder)");
+    }
+    let mut trainer = if let Some(source) = &common.resume {
+        let resumed = match common.from_epoch {
+            Some(epoch) => Trainer::resume_from(
+                RunDir::new(source),
+                epoch,
+                common.out.clone().map(RunDir::new),
+                kind,
+                device,
+            ),
+            None => Trainer::resume(RunDir::new(source), kind, device),
+        };
+        let mut trainer = resumed.with_context(|| format!("cannot resume {}", source.display()))?;
+        let run_dir = trainer.run.path().to_path_buf();
         if let Some(epochs) = common.epochs {
             trainer
                 .set_epochs(epochs)

@@ -219,6 +219,16 @@ impl RunDir {
         })
     }
 
+    /// Writes `metrics.csv` from rows of cells (header first), replacing it whole.
+    pub fn write_metrics(&self, rows: &[Vec<String>]) -> Result<(), RunError> {
+        let mut csv = String::new();
+        for row in rows {
+            let _ = writeln!(csv, "{}", row.join(","));
+        }
+        let path = self.metrics_path();
+        write_atomic(&path, csv.as_bytes()).map_err(|source| RunError::Write { path, source })
+    }
+
     /// Drops the rows of `metrics.csv` after epoch `epochs` (its first column): rows of epochs that no checkpoint
     /// holds, which a resume from that checkpoint trains and measures again.
     pub fn keep_metrics_through(&self, epochs: usize) -> Result<(), RunError> {
@@ -229,14 +239,13 @@ impl RunDir {
         if rows.iter().skip(1).all(keep) {
             return Ok(());
         }
-        let mut csv = String::new();
-        for (i, row) in rows.iter().enumerate() {
-            if i == 0 || keep(row) {
-                let _ = writeln!(csv, "{}", row.join(","));
-            }
-        }
-        let path = self.metrics_path();
-        write_atomic(&path, csv.as_bytes()).map_err(|source| RunError::Write { path, source })
+        let kept: Vec<Vec<String>> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, row)| *i == 0 || keep(row))
+            .map(|(_, row)| row.clone())
+            .collect();
+        self.write_metrics(&kept)
     }
 
     /// Takes the run folder for this process until the lock is dropped, refusing a folder another process holds

@@ -274,7 +274,79 @@ impl Trainer {
     /// caller asked for ("ddpm", ...); a run of another kind is refused.
     pub fn resume(run: RunDir, expected_kind: &str, device: Device) -> Result<Self, TrainError> {
         let lock = run.lock()?;
-        let (_, dir, state) = run.read_state(None)?;
+        Self::resume_locked(run, lock, None, expected_kind, device)
+    }
+
+    /// Continues `source` from its checkpoint of `epoch` in its own folder when that is its newest, else in the new
+    /// folder `into`, which receives a copy of that checkpoint, the run's config and its metrics.csv (the epochs
+    /// after it are trained there as they would have been: with the same seed and threads on CPU, byte for byte).
+    /// `source` is left as it is. An earlier checkpoint without `into` is refused: training on in place would
+    /// replace the later checkpoints.
+    pub fn resume_from(
+        source: RunDir,
+        epoch: usize,
+        into: Option<RunDir>,
+        expected_kind: &str,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let newest = source.latest_checkpoint()?.0;
+        let Some(into) = into else {
+            if epoch != newest {
+                // Names the epoch first: a missing one is refused as such.
+                source.read_state(Some(epoch))?;
+                return Err(TrainError::Config(format!(
+                    "{} has checkpoints after epoch {epoch} (up to {newest}); training on in place would replace \
+                     them: give --out NEW_RUN_DIR to continue from epoch {epoch} there, leaving {} as it is",
+                    source.path().display(),
+                    source.path().display()
+                )));
+            }
+            return Self::resume(source, expected_kind, device);
+        };
+        let (_, dir, state) = source.read_state(Some(epoch))?;
+        into.create()?;
+        let lock = into.lock()?;
+        match into.latest_checkpoint() {
+            Ok((epoch, _)) => {
+                return Err(TrainError::Exists {
+                    run: into.path().display().to_string(),
+                    epoch,
+                })
+            }
+            Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+        checkpoint::write(into.path(), epoch, |copy: &std::path::Path| -> Result<(), RunError> {
+            for file in [MODEL_FILE, OPTIMIZER_FILE, EMA_FILE, crate::run::STATE_FILE] {
+                let from = dir.join(file);
+                if from.is_file() {
+                    std::fs::copy(&from, copy.join(file)).map_err(|source| RunError::Write {
+                        path: copy.join(file),
+                        source,
+                    })?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            WriteError::Checkpoint(e) => RunError::Checkpoint(e),
+            WriteError::Fill(e) => e,
+        })?;
+        into.write_config(&state.config)?;
+        if let Some(rows) = source.read_metrics()? {
+            into.write_metrics(&rows)?;
+        }
+        Self::resume_locked(into, lock, Some(epoch), expected_kind, device)
+    }
+
+    fn resume_locked(
+        run: RunDir,
+        lock: RunLock,
+        epoch: Option<usize>,
+        expected_kind: &str,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let (_, dir, state) = run.read_state(epoch)?;
         let found = state.config.objective.name();
         if found != expected_kind {
             return Err(TrainError::Mismatch(format!(

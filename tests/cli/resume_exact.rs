@@ -192,6 +192,61 @@ fn a_finished_run_extended_with_epochs_equals_the_longer_run() {
     assert_eq!(config["epochs"], 2);
 }
 
+/// `--resume RUN --from-epoch K --out NEW` continues from any checkpoint in a new folder, leaving RUN as it was:
+/// NEW's later epochs are RUN's, byte for byte (same seed and threads on CPU), and its metrics.csv holds each
+/// epoch once. In place, an earlier checkpoint is refused (it would replace the later ones); the newest is a plain
+/// resume.
+#[test]
+fn a_run_continues_from_any_checkpoint_in_a_new_folder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    let out = run_owned(&tiny("denoiser", &run_dir, &["--epochs", "3", "--precision", "fp32"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before: Vec<Vec<u8>> = (1..=3)
+        .map(|e| checkpoint_bytes(&run_dir, e, "model.safetensors"))
+        .collect();
+
+    let fork = tmp.path().join("fork");
+    let f = fork.to_str().expect("utf8");
+    let out = run_owned(&resume("denoiser", &run_dir, &["--from-epoch", "1", "--out", f]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("after epoch 1 of 3"), "{}", stderr(&out));
+    for epoch in 2..=3 {
+        assert!(
+            checkpoint_bytes(&fork, epoch, "model.safetensors") == before[epoch - 1],
+            "epoch {epoch} of the continued run differs from the original's"
+        );
+    }
+    for (i, bytes) in before.iter().enumerate() {
+        assert!(
+            &checkpoint_bytes(&run_dir, i + 1, "model.safetensors") == bytes,
+            "the source run changed"
+        );
+    }
+    for file in ["losses.csv", "metrics.csv"] {
+        assert_eq!(
+            fs::read_to_string(fork.join(file)).expect("fork csv"),
+            fs::read_to_string(run_dir.join(file)).expect("run csv"),
+            "{file}"
+        );
+    }
+
+    let r = run_dir.to_str().expect("utf8");
+    assert_clean_failure(
+        &run(&["train", "denoiser", "--resume", r, "--from-epoch", "1"]),
+        "--out",
+    );
+    assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--from-epoch", "7"]), "7");
+    assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--out", f]), "--from-epoch");
+    // Into a folder that already holds a run: refused.
+    assert_clean_failure(
+        &run_owned(&resume("denoiser", &run_dir, &["--from-epoch", "2", "--out", f])),
+        "already holds",
+    );
+    let again = run(&["train", "denoiser", "--resume", r, "--from-epoch", "3"]);
+    assert!(stderr(&again).contains("already complete"), "{}", stderr(&again));
+}
+
 /// metrics.csv follows the checkpoint a run resumes from: resumed from epoch 1 with epoch 2's checkpoint gone,
 /// epoch 2 is trained and measured again and its row appears once, not twice.
 #[test]
