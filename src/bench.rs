@@ -8,8 +8,9 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::generate::{generate, GenerateError, GenerateOptions, Request, SampleDefaults, SamplerKind};
-use crate::model::Arch;
+use crate::model::{Arch, Model};
 use crate::run::ModelKind;
+use crate::run::TrainConfig;
 use crate::runtime::layout::Layout;
 use crate::runtime::precision::Precision;
 use crate::train::{TrainError, Trainer};
@@ -22,6 +23,9 @@ pub struct BenchConfig {
     pub batch: usize,
     pub precision: Precision,
     pub layout: Layout,
+    /// What sampling is timed in: the choice `diffuse sample` makes, which can differ from training's.
+    pub sample_precision: Precision,
+    pub sample_layout: Layout,
     pub warmup: usize,
     pub steps: usize,
     /// Sampler steps timed (extrapolated to a full 300-step DDPM run of 40 digits).
@@ -41,6 +45,8 @@ pub struct BenchRow {
     pub threads: usize,
     pub device: String,
     pub train_img_per_s: f64,
+    pub sample_precision: Precision,
+    pub sample_layout: Layout,
     /// Digits per second of a full sampling run of 40 digits (guidance batched): DDPM 300 steps for ddpm/cfg,
     /// Euler 50 steps for flow.
     pub sample_img_per_s: Option<f64>,
@@ -87,9 +93,17 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
     run(&mut trainer, config.steps);
     let train_img_per_s = (config.steps * config.batch) as f64 / started.elapsed().as_secs_f64();
 
+    // Sampling runs in its own choice of layout, like `diffuse sample`: the trained weights, copied when it differs.
+    let in_sample_layout =
+        (config.sample_layout != trainer.model.layout()).then(|| trainer.model.in_layout(config.sample_layout));
+    let sampler = Sampling {
+        model: in_sample_layout.as_ref().unwrap_or(&trainer.model),
+        config: &trainer.config,
+        precision: config.sample_precision,
+    };
     let sample_ms_per_step = match config.model {
         ModelKind::Denoiser => None,
-        _ => Some(time_sampler_step(&trainer, config)?),
+        _ => Some(time_sampler_step(&sampler, config)?),
     };
     // The reference job that bench/pytorch_ref.py also times: DDPM's 300 steps, or 50 Euler steps for flow.
     let full_steps = if config.model == ModelKind::Flow {
@@ -99,7 +113,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
     };
     let sample_default_s = match config.model {
         ModelKind::Denoiser => None,
-        _ => Some(time_default_job(&trainer, config)?),
+        _ => Some(time_default_job(&sampler)?),
     };
     Ok(BenchRow {
         engine: "diffuse",
@@ -115,6 +129,8 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
             false => crate::runtime::device::describe(device),
         },
         train_img_per_s,
+        sample_precision: config.sample_precision,
+        sample_layout: config.sample_layout,
         sample_img_per_s: sample_ms_per_step.map(|ms| SAMPLE_DIGITS as f64 / (full_steps * ms / 1000.0)),
         sample_ms_per_step,
         sample_default_s,
@@ -122,27 +138,44 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchRow, BenchError>
     })
 }
 
-/// The 40 digits every sampling benchmark draws: 4 of each class, or 40 unconditional ones.
-fn sample_request(trainer: &Trainer) -> Request {
-    if trainer.config.model.class_cond {
-        Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
-    } else {
-        Request::Unconditional(SAMPLE_DIGITS)
-    }
+/// What the sampling benchmarks draw from, and in what precision.
+struct Sampling<'a> {
+    model: &'a Model,
+    config: &'a TrainConfig,
+    precision: Precision,
 }
 
-/// Seconds to draw `request` with `options`, the device waited for before the clock stops.
-fn time_generation(trainer: &Trainer, request: &Request, options: &GenerateOptions) -> Result<f64, GenerateError> {
-    let started = Instant::now();
-    let out = generate(&trainer.model, &trainer.config, request, options)?;
-    let _ = out.images.sum(Kind::Float).double_value(&[]);
-    Ok(started.elapsed().as_secs_f64())
+impl Sampling<'_> {
+    /// The 40 digits every sampling benchmark draws: 4 of each class, or 40 unconditional ones.
+    fn request(&self) -> Request {
+        if self.config.model.class_cond {
+            Request::Classes((0..SAMPLE_DIGITS).map(|i| (i % 10) as u8).collect())
+        } else {
+            Request::Unconditional(SAMPLE_DIGITS)
+        }
+    }
+
+    /// Seconds to draw `request` with `options` (in this precision), the device waited for before the clock stops.
+    fn time(&self, request: &Request, options: GenerateOptions) -> Result<f64, GenerateError> {
+        let options = GenerateOptions {
+            precision: self.precision,
+            ..options
+        };
+        let started = Instant::now();
+        let out = generate(self.model, self.config, request, &options)?;
+        let _ = out.images.sum(Kind::Float).double_value(&[]);
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
 }
 
 /// Milliseconds per sampler step of the reference job, as `bench/pytorch_ref.py` runs it: 40 class-conditioned
 /// digits guided at every step (one forward of 80), or 40 plain ones.
-fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
-    let request = sample_request(trainer);
+fn time_sampler_step(sampling: &Sampling, config: &BenchConfig) -> Result<f64, BenchError> {
+    let request = sampling.request();
     let run = |steps: usize| {
         let sampler = if config.model == ModelKind::Flow {
             SamplerKind::Euler
@@ -154,10 +187,9 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, Ben
             steps: Some(steps),
             // Guided throughout, not only in the default interval: the reference guides every step.
             guidance_interval: None,
-            precision: config.precision,
             ..Default::default()
         };
-        time_generation(trainer, &request, &options)
+        sampling.time(&request, options)
     };
     // The first generation also fills cuDNN's algorithm cache for the sampling batch shapes: not timed.
     run(2)?;
@@ -165,22 +197,19 @@ fn time_sampler_step(trainer: &Trainer, config: &BenchConfig) -> Result<f64, Ben
     let seconds = run(steps)?;
     // With CUDA graphs every generation first runs one evaluation eagerly and captures the next: count only the
     // replays, the difference from a 2-step run.
-    Ok(match crate::runtime::cuda::applies(trainer.device()) {
+    Ok(match crate::runtime::cuda::applies(sampling.device()) {
         true if steps > 2 => (seconds - run(2)?) * 1000.0 / (steps - 2) as f64,
         _ => seconds * 1000.0 / steps as f64,
     })
 }
 
-/// Seconds for 40 digits drawn as `diffuse sample` draws them by default, in the benchmark's precision. The first
-/// generation (which also fills cuDNN's algorithm cache for the batch shapes) is not timed.
-fn time_default_job(trainer: &Trainer, config: &BenchConfig) -> Result<f64, BenchError> {
-    let request = sample_request(trainer);
-    let options = GenerateOptions {
-        precision: config.precision,
-        ..SampleDefaults::for_objective(&trainer.config.objective).options()
-    };
-    time_generation(trainer, &request, &options)?;
-    Ok(time_generation(trainer, &request, &options)?)
+/// Seconds for 40 digits drawn as `diffuse sample` draws them by default. The first generation (which also fills
+/// cuDNN's algorithm cache for the batch shapes) is not timed.
+fn time_default_job(sampling: &Sampling) -> Result<f64, BenchError> {
+    let request = sampling.request();
+    let options = SampleDefaults::for_objective(&sampling.config.objective).options();
+    sampling.time(&request, options.clone())?;
+    Ok(sampling.time(&request, options)?)
 }
 
 /// Peak resident memory of this process (VmHWM), in MB.

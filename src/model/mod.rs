@@ -116,6 +116,19 @@ impl Model {
         }
     }
 
+    /// The same weights (and BatchNorm statistics) in a model whose weights and activations are in `layout`.
+    pub fn in_layout(&self, layout: Layout) -> Model {
+        let copy = Model::with_layout(&self.config, self.device(), layout);
+        let source = self.named_variables();
+        tch::no_grad(|| {
+            for (name, mut target) in copy.named_variables() {
+                // copy_ keeps the target's strides: the values arrive in its layout.
+                target.copy_(&source[&name]);
+            }
+        });
+        copy
+    }
+
     /// x [N, 1, 28, 28], t [N] in [0, 1], class [N, classes] one-hot (zeros = unconditional) -> [N, 1, 28, 28].
     /// Inputs the config does not use are ignored. `train` selects batch statistics in the basic UNet's
     /// BatchNorm; the improved UNet has no train/eval difference.
@@ -180,14 +193,8 @@ mod tests {
     fn the_layout_is_the_weights_and_the_outputs_agree() {
         let config = UNetConfig::new(8, true, true);
         let nhwc = Model::with_layout(&config, Device::Cpu, Layout::ChannelsLast);
-        let nchw = Model::with_layout(&config, Device::Cpu, Layout::Contiguous);
         // The same weights in both (copied, not reseeded: other tests draw from the global generator meanwhile).
-        let source = nhwc.named_variables();
-        tch::no_grad(|| {
-            for (name, mut variable) in nchw.named_variables() {
-                variable.copy_(&source[&name]);
-            }
-        });
+        let nchw = nhwc.in_layout(Layout::Contiguous);
         let weights_4d = |m: &Model| -> Vec<bool> {
             m.named_variables()
                 .values()
