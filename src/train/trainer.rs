@@ -198,6 +198,17 @@ impl LossesInFlight {
     }
 }
 
+/// Refuses a run of another kind than the one asked for ("ddpm", ...).
+fn check_kind(config: &TrainConfig, expected_kind: &str) -> Result<(), TrainError> {
+    let found = config.objective.name();
+    match found == expected_kind {
+        true => Ok(()),
+        false => Err(TrainError::Mismatch(format!(
+            "it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"
+        ))),
+    }
+}
+
 /// The device work of one optimizer step: gradients zeroed, forward (under autocast), loss, backward, the Adam
 /// update (without counting the step, see [`Adam::update`]). Returns the loss, detached, on the device.
 fn step_work(model: &Model, adam: &mut Adam, precision: Precision, batch: &TrainingBatch, lr: f64) -> Tensor {
@@ -304,6 +315,7 @@ impl Trainer {
             return Self::resume(source, expected_kind, device);
         };
         let (_, dir, state) = source.read_state(Some(epoch))?;
+        check_kind(&state.config, expected_kind)?;
         into.create()?;
         let lock = into.lock()?;
         match into.latest_checkpoint() {
@@ -347,12 +359,7 @@ impl Trainer {
         device: Device,
     ) -> Result<Self, TrainError> {
         let (_, dir, state) = run.read_state(epoch)?;
-        let found = state.config.objective.name();
-        if found != expected_kind {
-            return Err(TrainError::Mismatch(format!(
-                "it trains a `{found}` model, not `{expected_kind}` (use `diffuse train {found} --resume`)"
-            )));
-        }
+        check_kind(&state.config, expected_kind)?;
         let mut model = Model::with_layout(&state.config.model, device, state.config.layout);
         model.load(&dir.join(MODEL_FILE))?;
         let mut trainer = Self::assemble(state.config, run, model, state.rng);

@@ -238,7 +238,17 @@ fn a_run_continues_from_any_checkpoint_in_a_new_folder() {
     );
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--from-epoch", "7"]), "7");
     assert_clean_failure(&run(&["train", "denoiser", "--resume", r, "--out", f]), "--from-epoch");
-    // Into a folder that already holds a run: refused.
+    // Another kind is refused before anything is copied; into a folder that already holds a run, too.
+    let other = tmp.path().join("other");
+    assert_clean_failure(
+        &run_owned(&resume(
+            "ddpm",
+            &run_dir,
+            &["--from-epoch", "1", "--out", other.to_str().expect("utf8")],
+        )),
+        "denoiser",
+    );
+    assert!(!other.exists(), "a refused continuation created its folder");
     assert_clean_failure(
         &run_owned(&resume("denoiser", &run_dir, &["--from-epoch", "2", "--out", f])),
         "already holds",
