@@ -172,8 +172,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if args.sweep {
         // A sweep takes hours; a path it cannot write must not be found out at its end.
-        super::check_output_file(&args.csv)?;
-        super::check_output_file(&args.plot)?;
+        super::check_output_file(&args.csv, None)?;
+        super::check_output_file(&args.plot, Some("png"))?;
     }
     let classifier_dir = match &args.classifier {
         Some(dir) => dir.clone(),

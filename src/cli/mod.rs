@@ -66,7 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the level that `-v` picks.
 /// Refuses an output path (a file, or a file-name prefix) whose folder is missing, before any work is done.
 fn check_output_folder(path: &std::path::Path) -> anyhow::Result<()> {
     let parent = path
@@ -79,11 +78,22 @@ fn check_output_folder(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`check_output_folder`], and refuses a file path that is a folder.
-fn check_output_file(path: &std::path::Path) -> anyhow::Result<()> {
+/// [`check_output_folder`], and refuses a file path that is a folder or, when the file is written in a `format`
+/// (an extension: "png"), one whose name says otherwise.
+fn check_output_file(path: &std::path::Path, format: Option<&str>) -> anyhow::Result<()> {
     check_output_folder(path)?;
     if path.is_dir() {
         anyhow::bail!("{} is a folder; give a file name", path.display());
+    }
+    if let Some(format) = format {
+        let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if extension.as_deref() != Some(format) {
+            anyhow::bail!(
+                "{} is written as {}: give it a .{format} name",
+                path.display(),
+                format.to_uppercase()
+            );
+        }
     }
     Ok(())
 }
@@ -95,6 +105,7 @@ pub fn note(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Logs go to stderr; `RUST_LOG` overrides the level that `-v` picks.
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn,diffuse::server=info",

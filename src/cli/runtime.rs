@@ -20,8 +20,12 @@ pub struct DeviceArgs {
     /// Where to compute (also `DIFFUSE_DEVICE`).
     #[arg(long, value_enum, env = "DIFFUSE_DEVICE", default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// libtorch threads (also `DIFFUSE_THREADS`) [default: one per core].
-    #[arg(long, env = "DIFFUSE_THREADS")]
+    /// libtorch threads, 1 to 1024 (also `DIFFUSE_THREADS`) [default: one per core].
+    #[arg(
+        long,
+        env = "DIFFUSE_THREADS",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024)
+    )]
     pub threads: Option<usize>,
     /// On CUDA, run each training step and each network evaluation of a sampler as one captured CUDA graph (also
     /// `DIFFUSE_CUDA_GRAPHS`). No effect on CPU.

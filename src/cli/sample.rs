@@ -133,8 +133,9 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.gif.is_some() {
         options.frame_every = Some(SampleDefaults::frame_every(evaluations));
     }
-    for path in [Some(&args.out), args.gif.as_ref()].into_iter().flatten() {
-        super::check_output_file(path)?;
+    super::check_output_file(&args.out, Some("png"))?;
+    if let Some(gif) = &args.gif {
+        super::check_output_file(gif, Some("gif"))?;
     }
     if let Some(prefix) = &args.idx {
         super::check_output_folder(prefix)?;

@@ -32,6 +32,12 @@ fn flags_are_validated_before_anything_runs() {
     assert_clean_failure(&run(&["train", "denoiser", "--lr", "-1", "--out", o]), "--lr");
     assert_clean_failure(&run(&["train", "cfg", "--p-uncond", "1.5", "--out", o]), "--p-uncond");
     assert_clean_failure(&run(&["train", "denoiser", "--nonsense"]), "--nonsense");
+    for threads in ["0", "100000"] {
+        assert_clean_failure(
+            &run(&["train", "denoiser", "--threads", threads, "--out", o]),
+            "--threads",
+        );
+    }
     assert!(!out.exists(), "a rejected command created its run folder");
 }
 

@@ -63,6 +63,17 @@ fn sample_writes_grid_gif_and_idx_and_refuses_bad_requests() {
         &run(&["sample", "--run", r, "--out", "/nonexistent/dir/x.png"]),
         "does not exist",
     );
+    // The grid is a PNG and the animation a GIF, whatever the name says: a name that says otherwise is refused.
+    let jpg = tmp.path().join("grid.jpg");
+    assert_clean_failure(
+        &run(&["sample", "--run", r, "--out", jpg.to_str().expect("utf8")]),
+        "give it a .png name",
+    );
+    assert_clean_failure(
+        &run(&["sample", "--run", r, "--out", p, "--gif", p]),
+        "give it a .gif name",
+    );
+    assert!(!jpg.exists());
     assert_clean_failure(
         &run(&[
             "sample",
