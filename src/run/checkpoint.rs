@@ -134,6 +134,16 @@ pub enum WriteError<E> {
     Fill(E),
 }
 
+impl<E: From<super::RunError>> WriteError<E> {
+    /// One error of the caller's type: the folder mechanics' as a [`super::RunError`], or the caller's own.
+    pub fn flatten(self) -> E {
+        match self {
+            WriteError::Checkpoint(e) => super::RunError::Checkpoint(e).into(),
+            WriteError::Fill(e) => e,
+        }
+    }
+}
+
 fn remove_partials(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;

@@ -198,6 +198,21 @@ impl LossesInFlight {
     }
 }
 
+/// Creates `run` when missing and holds it for this process, refusing a folder that already holds checkpoints or
+/// whose checkpoints cannot be read (a new run, or a run continued into a new folder).
+fn take_new_folder(run: &RunDir) -> Result<RunLock, TrainError> {
+    run.create()?;
+    let lock = run.lock()?;
+    match run.latest_checkpoint() {
+        Ok((epoch, _)) => Err(TrainError::Exists {
+            run: run.path().display().to_string(),
+            epoch,
+        }),
+        Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => Ok(lock),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Refuses a run of another kind than the one asked for ("ddpm", ...).
 fn check_kind(config: &TrainConfig, expected_kind: &str) -> Result<(), TrainError> {
     let found = config.objective.name();
@@ -227,18 +242,7 @@ impl Trainer {
     /// be read.
     pub fn create(config: TrainConfig, run: RunDir, device: Device) -> Result<Self, TrainError> {
         config.validate()?;
-        run.create()?;
-        let lock = run.lock()?;
-        match run.latest_checkpoint() {
-            Ok((epoch, _)) => {
-                return Err(TrainError::Exists {
-                    run: run.path().display().to_string(),
-                    epoch,
-                })
-            }
-            Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let lock = take_new_folder(&run)?;
         run.write_config(&config)?;
         tch::manual_seed(config.seed as i64);
         let model = Model::with_layout(&config.model, device, config.layout);
@@ -316,20 +320,9 @@ impl Trainer {
         };
         let (_, dir, state) = source.read_state(Some(epoch))?;
         check_kind(&state.config, expected_kind)?;
-        into.create()?;
-        let lock = into.lock()?;
-        match into.latest_checkpoint() {
-            Ok((epoch, _)) => {
-                return Err(TrainError::Exists {
-                    run: into.path().display().to_string(),
-                    epoch,
-                })
-            }
-            Err(RunError::Checkpoint(CheckpointError::NoCheckpoint(_))) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let lock = take_new_folder(&into)?;
         checkpoint::write(into.path(), epoch, |copy: &std::path::Path| -> Result<(), RunError> {
-            for file in [MODEL_FILE, OPTIMIZER_FILE, EMA_FILE, crate::run::STATE_FILE] {
+            for file in checkpoint::FILES.into_iter().chain([EMA_FILE]) {
                 let from = dir.join(file);
                 if from.is_file() {
                     std::fs::copy(&from, copy.join(file)).map_err(|source| RunError::Write {
@@ -340,10 +333,7 @@ impl Trainer {
             }
             Ok(())
         })
-        .map_err(|e| match e {
-            WriteError::Checkpoint(e) => RunError::Checkpoint(e),
-            WriteError::Fill(e) => e,
-        })?;
+        .map_err(WriteError::flatten)?;
         into.write_config(&state.config)?;
         if let Some(rows) = source.read_metrics()? {
             into.write_metrics(&rows)?;
@@ -579,10 +569,7 @@ impl Trainer {
                 Ok(())
             },
         )
-        .map_err(|e| match e {
-            WriteError::Checkpoint(e) => RunError::Checkpoint(e).into(),
-            WriteError::Fill(e) => e,
-        })?;
+        .map_err(WriteError::flatten)?;
         self.write_losses_csv()?;
         self.run.write_config(&self.config)?;
         Ok(dir)
